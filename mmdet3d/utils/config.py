@@ -1,0 +1,147 @@
+"""Config loading: yaml with folder inheritance, ``--a.b.c value`` overrides, ``${a.b}`` references.
+
+Inheritance follows torchpack: ``configs.load(path, recursive=True)`` merges every
+``default.yaml`` from the filesystem root down to the file itself, later files winning.
+References are resolved by lookup only (no ``eval``): a value that is exactly ``${a.b.c}`` takes
+that key's value with its type; ``${a.b}`` inside a longer string is replaced by its text.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from typing import Any, Iterable
+
+import yaml
+from torchpack.utils.config import Config
+
+__all__ = ["ConfigError", "load_config", "apply_overrides", "resolve_references", "flatten_keys", "to_dict", "dump_config"]
+
+_REF = re.compile(r"\$\{([^${}]+)\}")
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message names it."""
+
+
+def flatten_keys(cfg: dict, prefix: str = "") -> list[str]:
+    """All dotted key paths of a nested dict, parents included."""
+    keys = []
+    for k, v in cfg.items():
+        path = f"{prefix}{k}"
+        keys.append(path)
+        if isinstance(v, dict):
+            keys.extend(flatten_keys(v, path + "."))
+    return keys
+
+
+def _lookup(cfg: dict, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise KeyError(dotted)
+    return node
+
+
+def _unknown_key_message(key: str, cfg: dict, what: str) -> str:
+    close = difflib.get_close_matches(key, flatten_keys(cfg), n=5, cutoff=0.5)
+    hint = f"; closest existing keys: {', '.join(close)}" if close else ""
+    return f"{what} {key!r} does not exist in the config{hint}"
+
+
+def resolve_references(cfg: dict) -> dict:
+    """Replace ``${a.b}`` references in place, following chains; cycles are an error."""
+
+    def resolve(value: Any, stack: tuple[str, ...]) -> Any:
+        if isinstance(value, dict):
+            return {k: resolve(v, stack) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v, stack) for v in value]
+        if not isinstance(value, str) or "${" not in value:
+            return value
+        whole = _REF.fullmatch(value.strip())
+        names = [whole.group(1).strip()] if whole else [m.group(1).strip() for m in _REF.finditer(value)]
+        resolved = {}
+        for name in names:
+            if name in stack:
+                raise ConfigError(f"config reference cycle: {' -> '.join(stack + (name,))}")
+            try:
+                target = _lookup(cfg, name)
+            except KeyError:
+                raise ConfigError(_unknown_key_message(name, cfg, "referenced key ${...}:")) from None
+            resolved[name] = resolve(target, stack + (name,))
+        if whole:
+            return resolved[names[0]]
+        return _REF.sub(lambda m: str(resolved[m.group(1).strip()]), value)
+
+    out = resolve(cfg, ())
+    cfg.clear()
+    cfg.update(out)
+    return cfg
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(cfg: dict, opts: Iterable[str]) -> dict:
+    """Apply ``--a.b.c value`` / ``--a.b.c=value`` pairs; every key must already exist."""
+    opts = list(opts)
+    i = 0
+    while i < len(opts):
+        opt = opts[i]
+        if not opt.startswith("--"):
+            raise ConfigError(f"override {opt!r} does not start with '--' (expected --a.b.c value)")
+        opt = opt[2:]
+        if "=" in opt:
+            key, text = opt.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(opts):
+                raise ConfigError(f"override --{opt} has no value (expected --{opt} value)")
+            key, text = opt, opts[i + 1]
+            i += 2
+        parts = key.split(".")
+        node = cfg
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(_unknown_key_message(key, cfg, "override key"))
+            if depth == len(parts) - 1:
+                node[part] = _parse_value(text)
+            else:
+                node = node[part]
+    return cfg
+
+
+def to_dict(cfg: Any) -> Any:
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    return cfg
+
+
+def load_config(path: str, overrides: Iterable[str] = ()) -> dict:
+    """Load ``path`` with inheritance, apply overrides, resolve references; returns a plain dict."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    cfg = Config()
+    try:
+        cfg.load(path, recursive=True)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} (or a default.yaml above it) is not valid yaml: {e}") from e
+    plain = to_dict(cfg)
+    apply_overrides(plain, overrides)
+    return resolve_references(plain)
+
+
+def dump_config(cfg: dict, path: str) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False, default_flow_style=None)
