@@ -21,9 +21,18 @@ $(STAMP): $(PY) setup.py requirements/runtime.txt requirements/tests.txt require
 	$(PIP) install -c requirements/constraints.txt --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+# torchpack dist-run needs OpenMPI 4 (Debian's openmpi-bin); installed when missing and we are root.
+MPI_STAMP := $(VENV)/.mpi
+$(MPI_STAMP): | $(PY)
+	@if command -v mpirun >/dev/null 2>&1; then echo "mpirun: $$(mpirun --version 2>&1 | head -n 1)"; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin >/dev/null && echo "installed openmpi-bin"; \
+	else echo "warning: mpirun not found and cannot install openmpi-bin (not root): dist-run tests will be skipped"; fi
+	touch $(MPI_STAMP)
 
-test: $(STAMP)
+install: $(STAMP) $(MPI_STAMP)
+
+test: $(STAMP) $(MPI_STAMP)
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS) tests
 
 demo: $(STAMP)

@@ -1,7 +1,8 @@
 """Config loading: yaml with folder inheritance, ``--a.b.c value`` overrides, ``${a.b}`` references.
 
-Inheritance follows torchpack: ``configs.load(path, recursive=True)`` merges every
-``default.yaml`` from the filesystem root down to the file itself, later files winning.
+Inheritance follows torchpack's ``configs.load(path, recursive=True)``: every ``default.yaml``
+from the filesystem root down to the file's folder is merged, then the file itself, later files
+winning. Empty files are allowed; a file that is not a mapping is an error naming it.
 References are resolved by lookup only (no ``eval``): a value that is exactly ``${a.b.c}`` takes
 that key's value with its type; ``${a.b}`` inside a longer string is replaced by its text.
 """
@@ -128,15 +129,38 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+def _inherited_files(path: str) -> list[str]:
+    """``default.yaml`` of every folder from the root down, then ``path`` (torchpack's order)."""
+    files = [path]
+    folder = os.path.dirname(os.path.abspath(path))
+    while True:
+        files.append(os.path.join(folder, "default.yaml"))
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return [f for f in reversed(files) if os.path.isfile(f) and not os.path.samefile(f, path)] + [path]
+
+
 def load_config(path: str, overrides: Iterable[str] = ()) -> dict:
-    """Load ``path`` with inheritance, apply overrides, resolve references; returns a plain dict."""
+    """Load ``path`` with inheritance, apply overrides, resolve references; returns a plain dict.
+
+    Merging is torchpack's ``Config.update`` (nested dicts merge, other values replace).
+    """
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     cfg = Config()
-    try:
-        cfg.load(path, recursive=True)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} (or a default.yaml above it) is not valid yaml: {e}") from e
+    for file in _inherited_files(path):
+        try:
+            with open(file) as f:
+                content = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {file} is not valid yaml: {e}") from e
+        if content is None:
+            continue
+        if not isinstance(content, dict):
+            raise ConfigError(f"config file {file} must hold a mapping at the top level, not {type(content).__name__}")
+        cfg.update(content)
     plain = to_dict(cfg)
     apply_overrides(plain, overrides)
     return resolve_references(plain)
