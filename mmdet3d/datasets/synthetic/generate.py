@@ -1,0 +1,135 @@
+"""Entry point: write a synthetic dataset in the nuScenes v1.0 on-disk format."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from .rig import CAMERA_CHANNELS, LIDAR_CHANNEL
+from .tables import static_tables
+from .writer import SWEEP_PERIOD_US, SceneTask, generate_scene
+
+__all__ = ["generate_dataset", "select_scenes", "SUPPORTED_VERSIONS", "DatasetWriteError"]
+
+SUPPORTED_VERSIONS = ("v1.0-mini", "v1.0-trainval")
+TABLE_NAMES = ("attribute", "calibrated_sensor", "category", "ego_pose", "instance", "log", "map", "sample",
+               "sample_annotation", "sample_data", "scene", "sensor", "visibility")
+
+
+class DatasetWriteError(OSError):
+    """The dataset root cannot be created or written; the message names the path."""
+
+
+def select_scenes(version: str, num_scenes: int | None = None) -> list[tuple[str, str]]:
+    """(scene name, split) pairs from the devkit's split lists, about 80 % train and 20 % val.
+
+    ``v1.0-mini`` draws from ``mini_train``/``mini_val``, ``v1.0-trainval`` from ``train``/``val``;
+    ``num_scenes=None`` takes the whole lists. Both splits are kept whenever ``num_scenes >= 2``.
+    """
+    from nuscenes.utils import splits
+
+    if version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"unknown nuScenes version {version!r}; supported versions: {', '.join(SUPPORTED_VERSIONS)}")
+    train, val = (splits.mini_train, splits.mini_val) if version == "v1.0-mini" else (splits.train, splits.val)
+    total = len(train) + len(val)
+    if num_scenes is None:
+        num_scenes = total
+    if not isinstance(num_scenes, (int, np.integer)) or not 1 <= num_scenes <= total:
+        raise ValueError(f"num_scenes={num_scenes!r} is out of range for {version}: expected 1..{total}")
+    num_val = 0 if num_scenes == 1 else min(len(val), max(1, round(0.2 * num_scenes)))
+    num_train = num_scenes - num_val
+    if num_train > len(train):
+        num_train, num_val = len(train), num_scenes - len(train)
+    return [(n, "train") for n in train[:num_train]] + [(n, "val") for n in val[:num_val]]
+
+
+def _prepare_root(root: str, version: str) -> None:
+    folders = [version, "maps", f"sweeps/{LIDAR_CHANNEL}"]
+    folders += [f"samples/{ch}" for ch in CAMERA_CHANNELS + (LIDAR_CHANNEL,)]
+    try:
+        for folder in folders:
+            os.makedirs(os.path.join(root, folder), exist_ok=True)
+        probe = os.path.join(root, version, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise DatasetWriteError(f"cannot write the synthetic dataset under root_path={root!r}: {e}") from e
+
+
+def generate_dataset(root_path: str, version: str = "v1.0-mini", num_scenes: int | None = None,
+                     keyframes_per_scene: int = 20, image_size: tuple[int, int] = (640, 360), seed: int = 0,
+                     progress: bool = True, workers: int | None = None) -> dict:
+    """Write a synthetic nuScenes-format dataset under ``root_path``.
+
+    Tables go to ``root_path/<version>/``, images to ``samples/CAM_*``, LiDAR keyframes to
+    ``samples/LIDAR_TOP`` and sweeps to ``sweeps/LIDAR_TOP``. Scene ``i`` depends only on
+    ``(seed, i)`` and the other arguments, so output bytes are reproducible. ``workers``
+    processes generate scenes in parallel (default: up to 2).
+
+    Returns a summary: counts of scenes, samples, sample_data, annotations (total and per
+    detection class), LiDAR points per sweep, the scene names per split, paths and seconds.
+    """
+    start = time.time()
+    scenes = select_scenes(version, num_scenes)
+    if int(keyframes_per_scene) < 2:
+        raise ValueError(f"keyframes_per_scene={keyframes_per_scene!r} must be at least 2 "
+                         "(velocities need two keyframes)")
+    width, height = (int(v) for v in image_size)
+    if width < 16 or height < 16:
+        raise ValueError(f"image_size={tuple(image_size)!r} is too small; expected (W, H) of at least 16 pixels")
+    root = os.path.abspath(root_path)
+    _prepare_root(root, version)
+    tasks = [SceneTask(root, i, name, int(keyframes_per_scene), (width, height), int(seed))
+             for i, (name, _) in enumerate(scenes)]
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1, len(tasks))
+    bar = tqdm(total=len(tasks) * int(keyframes_per_scene), desc="synthetic nuScenes samples", unit="sample",
+               disable=not progress)
+    results = []
+    if workers <= 1:
+        for task in tasks:
+            results.append(generate_scene(task, progress=lambda: bar.update(1)))
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for result in pool.imap(generate_scene, tasks):
+                results.append(result)
+                bar.update(int(keyframes_per_scene))
+    bar.close()
+
+    tables = static_tables()
+    for result in results:
+        for name, records in result["tables"].items():
+            tables.setdefault(name, []).extend(records)
+    table_root = os.path.join(root, version)
+    for name in TABLE_NAMES:
+        with open(os.path.join(table_root, f"{name}.json"), "w") as f:
+            json.dump(tables[name], f, indent=1)
+
+    per_class: dict[str, int] = {}
+    for result in results:
+        for k, v in result["stats"]["annotations"].items():
+            per_class[k] = per_class.get(k, 0) + v
+    points = np.array([n for r in results for n in r["stats"]["lidar_points"]])
+    return dict(
+        root=root,
+        version=version,
+        table_root=table_root,
+        scenes=len(tables["scene"]),
+        scene_names={split: [n for n, s in scenes if s == split] for split in ("train", "val")},
+        samples=len(tables["sample"]),
+        sample_data=len(tables["sample_data"]),
+        images=sum(r["stats"]["images"] for r in results),
+        lidar_sweeps=int(len(points)),
+        lidar_points=dict(total=int(points.sum()), mean=float(points.mean()), min=int(points.min()),
+                          max=int(points.max())),
+        annotations=len(tables["sample_annotation"]),
+        annotations_per_class=dict(sorted(per_class.items())),
+        instances=len(tables["instance"]),
+        sweep_period_us=SWEEP_PERIOD_US,
+        seconds=round(time.time() - start, 2),
+    )
