@@ -1,0 +1,206 @@
+"""Loading steps: camera images, keyframe and sweep LiDAR points, 3D annotations.
+
+Input is the sample dict of ``NuScenesDataset.get_data_info`` (docs/data_format.md); paths in it
+are absolute. Points come out as a float32 tensor ``(P, 5)``: ``x, y, z, intensity, time_lag``
+in the keyframe LiDAR frame (the files' 5th value, the ring index, is replaced by the time lag).
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from mmdet3d.core.points import load_points
+from mmdet3d.datasets.builder import PIPELINES
+
+__all__ = ["LoadMultiViewImageFromFiles", "LoadPointsFromFile", "LoadPointsFromMultiSweeps", "LoadAnnotations3D"]
+
+TIME_LAG = 4  # column of the time lag in (x, y, z, intensity, time_lag)
+
+
+def _sample_name(results: dict) -> str:
+    return str(results.get("token", results.get("sample_idx", "<unknown sample>")))
+
+
+def _require(results: dict, key: str, step: str):
+    if key not in results:
+        raise KeyError(f"{step}: sample {_sample_name(results)} has no {key!r} (keys: {sorted(results)})")
+    return results[key]
+
+
+def _dims(use_dim: int | Sequence[int]) -> list[int]:
+    return list(range(use_dim)) if isinstance(use_dim, int) else [int(d) for d in use_dim]
+
+
+@PIPELINES.register_module()
+class LoadMultiViewImageFromFiles:
+    """``image_paths`` (N paths) -> ``img``: list of N ``(H, W, 3)`` uint8 RGB arrays.
+
+    Also records ``ori_shape``: list of N ``(H, W)``.
+    """
+
+    def __call__(self, results: dict) -> dict:
+        paths = _require(results, "image_paths", type(self).__name__)
+        images = []
+        for path in paths:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"camera image not found: {path} (sample {_sample_name(results)})")
+            try:
+                with Image.open(path) as im:
+                    images.append(np.asarray(im.convert("RGB")))
+            except (UnidentifiedImageError, OSError) as e:
+                raise ValueError(f"cannot read camera image {path} (sample {_sample_name(results)}): {e}") from e
+        results["img"] = images
+        results["ori_shape"] = [im.shape[:2] for im in images]
+        return results
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+@PIPELINES.register_module()
+class LoadPointsFromFile:
+    """Keyframe ``lidar_path`` -> ``points`` ``(P, len(use_dim))`` float32 tensor, time lag 0.
+
+    The file holds ``load_dim`` float32 values per point; column 4 (ring index on disk) is
+    overwritten with the time lag 0 of the keyframe, then the columns ``use_dim`` are kept.
+    """
+
+    def __init__(self, coord_type: str = "LIDAR", load_dim: int = 5, use_dim: int | Sequence[int] = 5):
+        if coord_type != "LIDAR":
+            raise ValueError(f"LoadPointsFromFile: only coord_type='LIDAR' is supported, got {coord_type!r}")
+        self.coord_type = coord_type
+        self.load_dim = load_dim
+        self.use_dim = _dims(use_dim)
+        if max(self.use_dim) >= max(load_dim, TIME_LAG + 1):
+            raise ValueError(f"LoadPointsFromFile: use_dim {self.use_dim} exceeds the {load_dim} loaded values (+ time lag)")
+
+    def __call__(self, results: dict) -> dict:
+        path = _require(results, "lidar_path", type(self).__name__)
+        points = load_points(path, self.load_dim)
+        if self.load_dim <= TIME_LAG:
+            points = np.concatenate([points, np.zeros((len(points), TIME_LAG + 1 - self.load_dim), np.float32)], axis=1)
+        else:
+            points = points.copy()
+            points[:, TIME_LAG] = 0.0
+        results["points"] = torch.from_numpy(np.ascontiguousarray(points[:, self.use_dim]))
+        return results
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(load_dim={self.load_dim}, use_dim={self.use_dim})"
+
+
+@PIPELINES.register_module()
+class LoadPointsFromMultiSweeps:
+    """Append ``sweeps_num`` earlier LiDAR sweeps to ``points``, moved into the keyframe LiDAR frame.
+
+    Sweep points ``p_s`` (sensor frame of the sweep) become ``R @ p_s + t`` with ``R, t`` the
+    sweep's ``sensor2lidar_rotation``/``sensor2lidar_translation``; their time-lag column is
+    ``(timestamp - sweep timestamp) / 1e6`` seconds. Training draws ``sweeps_num`` sweeps at
+    random without replacement; ``test_mode`` takes the newest ``sweeps_num``. With no sweeps and
+    ``pad_empty_sweeps``, the keyframe is repeated ``sweeps_num`` times (time lag 0) so that the
+    point density matches samples that have sweeps. ``remove_close`` drops sweep points within
+    ``close_radius`` (in x and y) of the sensor: they hit the ego vehicle.
+    """
+
+    def __init__(
+        self,
+        sweeps_num: int = 9,
+        load_dim: int = 5,
+        use_dim: int | Sequence[int] = 5,
+        pad_empty_sweeps: bool = True,
+        remove_close: bool = True,
+        test_mode: bool = False,
+        close_radius: float = 1.0,
+    ):
+        self.sweeps_num = sweeps_num
+        self.load_dim = load_dim
+        self.use_dim = _dims(use_dim)
+        self.pad_empty_sweeps = pad_empty_sweeps
+        self.remove_close = remove_close
+        self.test_mode = test_mode
+        self.close_radius = close_radius
+
+    def _remove_close(self, points: np.ndarray) -> np.ndarray:
+        close = (np.abs(points[:, 0]) < self.close_radius) & (np.abs(points[:, 1]) < self.close_radius)
+        return points[~close]
+
+    def _choose(self, num_sweeps: int) -> np.ndarray:
+        if num_sweeps <= self.sweeps_num:
+            return np.arange(num_sweeps)
+        if self.test_mode:
+            return np.arange(self.sweeps_num)
+        return np.random.choice(num_sweeps, self.sweeps_num, replace=False)
+
+    def _load_sweep(self, sweep: dict, timestamp: float, results: dict) -> np.ndarray:
+        for key in ("data_path", "timestamp", "sensor2lidar_rotation", "sensor2lidar_translation"):
+            if key not in sweep:
+                raise KeyError(f"LoadPointsFromMultiSweeps: a sweep of sample {_sample_name(results)} has no {key!r}")
+        points = load_points(sweep["data_path"], self.load_dim).astype(np.float32)
+        if self.load_dim <= TIME_LAG:
+            points = np.concatenate([points, np.zeros((len(points), TIME_LAG + 1 - self.load_dim), np.float32)], axis=1)
+        if self.remove_close:
+            points = self._remove_close(points)
+        rotation = np.asarray(sweep["sensor2lidar_rotation"], dtype=np.float32).reshape(3, 3)
+        translation = np.asarray(sweep["sensor2lidar_translation"], dtype=np.float32).reshape(3)
+        points[:, :3] = points[:, :3] @ rotation.T + translation  # float32: ~1e-5 m at 100 m
+        points[:, TIME_LAG] = (timestamp - float(sweep["timestamp"])) / 1e6
+        return points[:, self.use_dim]
+
+    def __call__(self, results: dict) -> dict:
+        keyframe = _require(results, "points", type(self).__name__)
+        if keyframe.shape[1] != len(self.use_dim):
+            raise ValueError(
+                f"LoadPointsFromMultiSweeps: keyframe points of sample {_sample_name(results)} have "
+                f"{keyframe.shape[1]} columns but use_dim keeps {len(self.use_dim)}; use the same use_dim in LoadPointsFromFile"
+            )
+        sweeps = results.get("sweeps", [])
+        parts = [keyframe.numpy()]
+        if not sweeps:
+            if self.pad_empty_sweeps:
+                pad = self._remove_close(parts[0]) if self.remove_close else parts[0]
+                parts += [pad] * self.sweeps_num
+        else:
+            timestamp = float(_require(results, "timestamp", type(self).__name__))
+            parts += [self._load_sweep(sweeps[i], timestamp, results) for i in self._choose(len(sweeps))]
+        results["points"] = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=np.float32))
+        return results
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sweeps_num={self.sweeps_num}, test_mode={self.test_mode})"
+
+
+@PIPELINES.register_module()
+class LoadAnnotations3D:
+    """``ann_info`` -> ``gt_bboxes_3d`` ``(M, 9)`` float32 tensor, ``gt_labels_3d`` ``(M,)`` int64 tensor.
+
+    ``gt_names`` ``(M,)`` is copied along when present so that later filters keep it aligned.
+    """
+
+    def __init__(self, with_bbox_3d: bool = True, with_label_3d: bool = True):
+        self.with_bbox_3d = with_bbox_3d
+        self.with_label_3d = with_label_3d
+
+    def __call__(self, results: dict) -> dict:
+        ann = _require(results, "ann_info", type(self).__name__)
+        if self.with_bbox_3d:
+            boxes = np.asarray(_require(ann, "gt_bboxes_3d", "LoadAnnotations3D ann_info"), dtype=np.float32)
+            boxes = boxes.reshape(0, 9) if boxes.size == 0 else boxes
+            if boxes.ndim != 2 or boxes.shape[1] != 9:
+                raise ValueError(
+                    f"LoadAnnotations3D: ann_info['gt_bboxes_3d'] of sample {_sample_name(results)} must be (M, 9) "
+                    f"(x, y, z, dx, dy, dz, yaw, vx, vy), got shape {boxes.shape}"
+                )
+            results["gt_bboxes_3d"] = torch.from_numpy(boxes.copy())
+        if self.with_label_3d:
+            labels = np.asarray(_require(ann, "gt_labels_3d", "LoadAnnotations3D ann_info"), dtype=np.int64).reshape(-1)
+            results["gt_labels_3d"] = torch.from_numpy(labels.copy())
+        if "gt_names" in ann:
+            results["gt_names"] = np.asarray(ann["gt_names"])
+        return results
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(with_bbox_3d={self.with_bbox_3d}, with_label_3d={self.with_label_3d})"
