@@ -92,7 +92,7 @@ def _reference(results, downsample, dbound):
             d = cam[2]
             if d <= 1e-3 or (dbound is not None and not dbound[0] <= d < dbound[1]):
                 continue
-            u, v = (img_aug[n] @ np.array([cam[0] / d, cam[1] / d, d, 1.0]))[:2]
+            u, v = (img_aug[n] @ np.array([cam[0] / d, cam[1] / d, d, 1.0]))[:2] + 0.5  # pixel edges
             if not (0 <= u < w * downsample and 0 <= v < h * downsample):
                 continue
             row, col = int(v // downsample), int(u // downsample)
@@ -177,7 +177,7 @@ def test_real_keyframe_depth_agrees_with_lidar():
     pix = np.einsum("nij,npj->npi", batch["camera_intrinsics"][0].double().numpy()[:, :3, :3], cam[..., :3])
     uv = pix[..., :2] / np.maximum(z, 1e-6)[..., None]
     aug = batch["img_aug_matrix"][0].double().numpy()
-    uv = np.einsum("nij,npj->npi", aug[:, :2, :2], uv) + aug[:, None, :2, 3]
+    uv = np.einsum("nij,npj->npi", aug[:, :2, :2], uv) + aug[:, None, :2, 3] + 0.5  # pixel edges
     ok = (z > 1e-3) & (uv[..., 0] >= 0) & (uv[..., 0] < 704) & (uv[..., 1] >= 0) & (uv[..., 1] < 256)
     cam_idx, point_idx = np.nonzero(ok)
     cells = (cam_idx, (uv[..., 1][ok] // 8).astype(int), (uv[..., 0][ok] // 8).astype(int))

@@ -2,8 +2,10 @@
 
 Keyframe points (time lag 0) are taken back to the un-augmented LiDAR frame with
 ``inv(lidar_aug_matrix)``, projected with ``lidar2image`` and moved into the augmented image with
-``img_aug_matrix`` (pixel convention in ``image_transforms``). Pixel ``(u, v)`` falls in cell
-``(floor(v / stride), floor(u / stride))`` of the ``(H // stride, W // stride)`` grid; each cell
+``img_aug_matrix`` (pixel convention in ``image_transforms``: integer coordinates are pixel
+centres). Pixel ``(u, v)`` falls in cell ``(floor((v + 0.5) / stride), floor((u + 0.5) / stride))``
+of the ``(H // stride, W // stride)`` grid, the cell whose centre the view transform's frustum
+places at ``(w + 0.5) * stride - 0.5``; each cell
 keeps its nearest point (smallest camera-frame depth, the earlier point on ties).
 """
 from __future__ import annotations
@@ -111,7 +113,8 @@ class DepthTargets:
         # Points are augmented, the cameras saw the scene before: fold inv(lidar_aug) into lidar2image.
         lidar2image_aug = (lidar2image @ np.linalg.inv(lidar_aug)).astype(np.float32)
         uvd = project_points(keyframe[:, :3].numpy(), lidar2image_aug, img_aug)  # (N, P, 3)
-        u, v, d = uvd[..., 0], uvd[..., 1], uvd[..., 2]
+        # Shift to pixel-edge coordinates so that cell = floor(coordinate / stride).
+        u, v, d = uvd[..., 0] + 0.5, uvd[..., 1] + 0.5, uvd[..., 2]
         valid = (d > MIN_DEPTH) & (u >= 0) & (v >= 0) & (u < w * self.downsample) & (v < h * self.downsample)
         if self.dbound is not None:
             valid &= (d >= self.dbound[0]) & (d < self.dbound[1])
