@@ -5,11 +5,13 @@ one LiDAR sweep and one camera image.
     python benchmarks/synthetic_generation.py --num-scenes 2  # quicker
 
 Target: the default mini dataset in under 3 minutes on a 2-core machine. Prints wall-clock and
-CPU seconds (this process and its workers): on a shared machine the CPU figure is the steadier one.
+CPU seconds (this process and its workers): on a shared machine the CPU figure is the steadier one,
+and the printed load average says how shared it was.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import tempfile
@@ -70,7 +72,7 @@ def main() -> None:
               f"one {image_size[0]}x{image_size[1]} image: {m['image_s'] * 1e3:.1f} ms")
     root = args.root or tempfile.mkdtemp(prefix="synthetic_nuscenes_")
     try:
-        cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+        cpu0, wall0, load0 = _cpu_seconds(), time.perf_counter(), os.getloadavg()
         summary = generate_dataset(root, version=args.version, num_scenes=args.num_scenes,
                                    keyframes_per_scene=args.keyframes, image_size=image_size, workers=args.workers)
         wall, cpu = time.perf_counter() - wall0, _cpu_seconds() - cpu0
@@ -81,7 +83,8 @@ def main() -> None:
           f"{summary['images']} images, {summary['lidar_sweeps']} LiDAR sweeps "
           f"({summary['lidar_points']['mean']:.0f} points each), {summary['annotations']} annotations "
           f"({summary['annotations'] / summary['samples']:.1f} per sample)")
-    print(f"generation: {wall:.1f} s wall, {cpu:.1f} s CPU (target: default mini under 180 s wall on 2 cores)")
+    print(f"generation: {wall:.1f} s wall, {cpu:.1f} s CPU (target: default mini under 180 s wall on 2 cores); "
+          f"load average before/after: {load0[0]:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from mmdet3d.core.bbox import box_corners, points_in_boxes
 from mmdet3d.core.points import load_points
 from mmdet3d.datasets.synthetic import DatasetWriteError, generate_dataset, select_scenes
 from mmdet3d.datasets.synthetic.camera import render_camera
+from mmdet3d.datasets.synthetic.coverage import CLASS_RANGE, DETECTION_CLASSES, class_coverage
 from mmdet3d.datasets.synthetic.lidar import SpinningLidar
 from mmdet3d.datasets.synthetic.raycast import ray_box
 from mmdet3d.datasets.synthetic.rig import CAMERA_CHANNELS, camera_intrinsic, pose_matrix, sensor2ego
@@ -403,19 +404,69 @@ def test_cameras_and_lidar_see_the_same_geometry(dataset):
     assert total > 200 and hits / total > 0.97, (hits, total)
 
 
-def test_same_seed_same_bytes(tmp_path):
-    args = dict(num_scenes=1, keyframes_per_scene=2, image_size=(64, 36), progress=False, workers=1)
-    generate_dataset(str(tmp_path / "a"), seed=7, **args)
-    generate_dataset(str(tmp_path / "b"), seed=7, **args)
-    generate_dataset(str(tmp_path / "c"), seed=8, **args)
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
-    def files(root):
-        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
-    a, b, c = files(tmp_path / "a"), files(tmp_path / "b"), files(tmp_path / "c")
-    assert len(a) > 30 and a.keys() == b.keys()
-    assert all(a[k] == b[k] for k in a)
-    assert a["v1.0-mini/sample_annotation.json"] != c["v1.0-mini/sample_annotation.json"]
+def test_same_bytes_for_any_worker_count_and_no_stale_files(tmp_path):
+    """Same seed -> same bytes, in-process or in two workers; re-generating into a root written
+    with other arguments leaves nothing of the earlier run but keeps unrelated files."""
+    args = dict(num_scenes=2, keyframes_per_scene=2, image_size=(64, 36), progress=False)
+    generate_dataset(str(tmp_path / "a"), seed=7, workers=2, **args)
+    reused = tmp_path / "b"
+    generate_dataset(str(reused), seed=8, workers=1, **{**args, "num_scenes": 3, "keyframes_per_scene": 3})
+    earlier = _files(reused)
+    (reused / "samples" / "CAM_FRONT" / "mine.jpg").write_bytes(b"user")
+    (reused / "nuscenes_infos_train.pkl").write_bytes(b"infos")
+    generate_dataset(str(reused), seed=7, workers=1, **args)
+    a, b = _files(tmp_path / "a"), _files(reused)
+    assert b.pop("samples/CAM_FRONT/mine.jpg") == b"user" and b.pop("nuscenes_infos_train.pkl") == b"infos"
+    assert len(a) > 60 and a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+    assert earlier["v1.0-mini/sample_annotation.json"] != a["v1.0-mini/sample_annotation.json"]
+
+
+def test_worker_exception_propagates(tmp_path):
+    from mmdet3d.datasets.synthetic.generate import _run_parallel
+    from mmdet3d.datasets.synthetic.writer import SceneTask
+
+    tasks = [SceneTask(str(tmp_path / "missing"), i, f"scene-{i}", 2, (32, 18), 0) for i in range(2)]
+    with pytest.raises(FileNotFoundError, match="missing"):
+        _run_parallel(tasks, 2, lambda: None)
+
+
+# ---------------------------------------------------------------- class coverage
+
+
+@pytest.mark.parametrize("keyframes", [4, 20, 41])
+def test_every_scene_has_all_classes_in_range_in_every_keyframe(keyframes):
+    from nuscenes.eval.common.config import config_factory
+
+    assert CLASS_RANGE == config_factory("detection_cvpr_2019").class_range and set(CLASS_RANGE) == TEN_CLASSES
+    for seed in range(6):
+        duration = (keyframes - 1) * 0.5
+        layout = build_scene(np.random.default_rng([seed, keyframes]), duration)
+        covered = class_coverage(layout, np.arange(keyframes) * 0.5)
+        assert covered.all(), (seed, dict(zip(DETECTION_CLASSES, covered.mean(0))))
+
+
+def test_every_scene_has_all_classes_with_lidar_points(dataset):
+    """Per scene: each class has an annotation with >= 5 LiDAR points within its devkit range in at
+    least half of the keyframes (what DetectionEval needs to score every class)."""
+    _, _, nusc = dataset
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
+    for scene in nusc.scene:
+        samples = [s for s in nusc.sample if s["scene_token"] == scene["token"]]
+        seen = np.zeros((len(samples), len(DETECTION_CLASSES)), dtype=bool)
+        for k, sample in enumerate(samples):
+            ego = nusc.get("ego_pose", nusc.get("sample_data", sample["data"]["LIDAR_TOP"])["ego_pose_token"])
+            for token in sample["anns"]:
+                ann = nusc.get("sample_annotation", token)
+                name = category_to_detection_name(ann["category_name"])
+                distance = np.hypot(*np.subtract(ann["translation"][:2], ego["translation"][:2]))
+                if ann["num_lidar_pts"] >= 5 and distance < CLASS_RANGE[name]:
+                    seen[k, DETECTION_CLASSES.index(name)] = True
+        assert seen.mean(0).min() >= 0.5, (scene["name"], dict(zip(DETECTION_CLASSES, seen.mean(0))))
 
 
 # ---------------------------------------------------------------- splits and bad input

@@ -63,6 +63,41 @@ def _screen_windows(corners_cam, K, width, height):
     return win
 
 
+def _background(R: np.ndarray, height_above_ground: float, K: np.ndarray, image_size: tuple[int, int]):
+    """Per-pixel quantities that only depend on the camera's pitch, roll and height, not on the
+    ego's heading or position: ``depth`` (H, W) of the ground (inf for sky), ``keep`` (H, W, 1)
+    and ``add`` (H, W, 3) with ``ground_rgb * keep + add`` = the hazed ground or the sky."""
+    key = (R[2].round(9).tobytes(), round(float(height_above_ground), 9), K.round(9).tobytes(), tuple(image_size))
+    if key in _BACKGROUND_CACHE:
+        return _BACKGROUND_CACHE[key]
+    width, height = image_size
+    a = ((np.arange(width) - K[0, 2]) / K[0, 0])[None, :]
+    b = ((np.arange(height) - K[1, 2]) / K[1, 1])[:, None]
+    dz = (R[2, 0] * a + R[2, 1] * b + R[2, 2]).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        depth = np.where(dz < 0, np.float32(height_above_ground) / -dz, np.float32(np.inf)).astype(np.float32)
+    depth[depth > MAX_DEPTH * 5] = np.inf
+    ground = np.isfinite(depth)[..., None]
+    haze = _haze(np.where(ground[..., 0], depth, 0.0))[..., None]
+    norm = np.sqrt((R[0, 0] * a + R[0, 1] * b + R[0, 2]) ** 2 + (R[1, 0] * a + R[1, 1] * b + R[1, 2]) ** 2 + dz ** 2)
+    elevation = np.clip(dz / norm, 0.0, 1.0)[..., None]
+    sky = SKY_HORIZON + (SKY_ZENITH - SKY_HORIZON) * np.sqrt(elevation)
+    keep = np.where(ground, 1.0 - haze, 0.0).astype(np.float32)
+    add = np.where(ground, SKY_HORIZON * haze, sky).astype(np.float32)
+    if len(_BACKGROUND_CACHE) > 64:
+        _BACKGROUND_CACHE.clear()
+    _BACKGROUND_CACHE[key] = (depth, keep, add)
+    return depth, keep, add
+
+
+def _haze(depth):
+    """Blend weight towards the horizon colour at camera depth ``depth``."""
+    return 1.0 - np.exp(depth / np.float32(-400.0))
+
+
+_BACKGROUND_CACHE: dict = {}
+
+
 def render_camera(boxes: dict, ground: GroundTexture, sun: np.ndarray, cam2scene: np.ndarray, K: np.ndarray,
                   image_size: tuple[int, int], num_objects: int):
     """Render one image.
@@ -75,28 +110,18 @@ def render_camera(boxes: dict, ground: GroundTexture, sun: np.ndarray, cam2scene
     """
     width, height = image_size
     R, origin = cam2scene[:3, :3], cam2scene[:3, 3]
+    ground_depth, keep_ground, add_sky = _background(R, origin[2], K, image_size)
+    depth = ground_depth.copy()
     a = ((np.arange(width, dtype=np.float32) - K[0, 2]) / K[0, 0])[None, :]
     b = ((np.arange(height, dtype=np.float32) - K[1, 2]) / K[1, 1])[:, None]
     R32 = R.astype(np.float32)
-    # Ray directions with camera z = 1, so the ray parameter t is the depth.
-    dx = R32[0, 0] * a + R32[0, 1] * b + R32[0, 2]
-    dy = R32[1, 0] * a + R32[1, 1] * b + R32[1, 2]
-    dz = R32[2, 0] * a + R32[2, 1] * b + R32[2, 2]
 
-    with np.errstate(divide="ignore"):
-        depth = np.where(dz < 0, np.float32(-origin[2]) / dz, np.float32(np.inf))
-    depth[depth > MAX_DEPTH * 5] = np.inf
-    ground_px = np.isfinite(depth)
     Rt = R.T
     img_from_xy = K @ np.column_stack([Rt[:, 0], Rt[:, 1], -Rt @ origin])
     tex_to_img = img_from_xy @ ground.texel_to_scene()
     img = cv2.warpPerspective(ground.rgb, np.linalg.inv(tex_to_img), (width, height),
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-    img = img.astype(np.float32)
-    sky_px = ~ground_px
-    if sky_px.any():
-        elevation = np.clip(dz[sky_px] / np.sqrt(dx[sky_px] ** 2 + dy[sky_px] ** 2 + dz[sky_px] ** 2), 0.0, 1.0)
-        img[sky_px] = SKY_HORIZON + (SKY_ZENITH - SKY_HORIZON) * np.sqrt(elevation)[:, None]
+    img = img * keep_ground + add_sky
     owner_map = np.full((height, width), -1, dtype=np.int32)
     visible_px = np.zeros(num_objects, dtype=np.int64)
     unoccluded_px = np.zeros(num_objects, dtype=np.int64)
@@ -117,14 +142,17 @@ def render_camera(boxes: dict, ground: GroundTexture, sun: np.ndarray, cam2scene
             win = (slice(v0, v1), slice(u0, u1))
             current = depth[win]
             if track or current.max() >= near_z[idx]:
-                t, face = ray_box(origin, dx[win], dy[win], dz[win], boxes["center"][idx], boxes["half"][idx],
-                                  boxes["yaw"][idx])
+                aw, bw = a[:, u0:u1], b[v0:v1]
+                rays = [R32[i, 0] * aw + R32[i, 1] * bw + R32[i, 2] for i in range(3)]
+                t, face = ray_box(origin, *rays, boxes["center"][idx], boxes["half"][idx], boxes["yaw"][idx])
                 front = t < current
                 if front.any():
                     shade = AMBIENT + (1 - AMBIENT) * np.clip(face_normals(boxes["yaw"][idx]) @ sun, 0.0, 1.0)
                     colors = (boxes["color"][idx][None, :] * shade[:, None]).astype(np.float32)  # (6, 3)
-                    current[front] = t[front]
-                    img[win][front] = colors[face[front]]
+                    t_front = t[front]
+                    current[front] = t_front
+                    rgb = colors[face[front]]
+                    img[win][front] = rgb + (SKY_HORIZON - rgb) * _haze(t_front)[:, None]
                     owner_map[win][front] = owner
                 if track:
                     scratch[win][np.isfinite(t)] = owner
@@ -137,6 +165,5 @@ def render_camera(boxes: dict, ground: GroundTexture, sun: np.ndarray, cam2scene
             union = None
     objects = owner_map >= 0
     visible_px += np.bincount(owner_map[objects], minlength=num_objects)
-    haze = (1.0 - np.exp(np.where(np.isfinite(depth), depth, 0.0) / np.float32(-400.0)))[..., None]
-    img += (SKY_HORIZON - img) * haze
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8), owner_map, depth, visible_px, unoccluded_px
+    img += 0.5
+    return np.clip(img, 0, 255, out=img).astype(np.uint8), owner_map, depth, visible_px, unoccluded_px

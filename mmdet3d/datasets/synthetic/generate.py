@@ -1,10 +1,13 @@
 """Entry point: write a synthetic dataset in the nuScenes v1.0 on-disk format."""
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
+import re
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 from tqdm import tqdm
@@ -47,12 +50,44 @@ def select_scenes(version: str, num_scenes: int | None = None) -> list[tuple[str
     return [(n, "train") for n in train[:num_train]] + [(n, "val") for n in val[:num_val]]
 
 
+GENERATED_FILE = re.compile(r"syn\d{3}-\d{4}(-\d\d){5}\+0000__[A-Z_]+__\d+\.(jpg|pcd\.bin)")
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _remove_earlier_output(root: str, version: str) -> None:
+    """Delete what an earlier run of this generator wrote under ``root`` for ``version``: its
+    tables, the map masks its ``map`` table names, and the sensor files named like ours in
+    ``samples/`` and ``sweeps/``. Anything else (other versions' tables, info files, user
+    files) stays."""
+    table_root = os.path.join(root, version)
+    map_table = os.path.join(table_root, "map.json")
+    if os.path.isfile(map_table):
+        with open(map_table) as f:
+            for record in json.load(f):
+                name = os.path.basename(str(record.get("filename", "")))
+                path = os.path.join(root, "maps", name)
+                if re.fullmatch(r"[0-9a-f]{32}\.png", name) and os.path.isfile(path):
+                    os.remove(path)
+    for name in TABLE_NAMES:
+        path = os.path.join(table_root, f"{name}.json")
+        if os.path.isfile(path):
+            os.remove(path)
+    for folder in ("samples", "sweeps"):
+        for channel in CAMERA_CHANNELS + (LIDAR_CHANNEL,):
+            path = os.path.join(root, folder, channel)
+            if os.path.isdir(path):
+                for entry in os.scandir(path):
+                    if entry.is_file() and GENERATED_FILE.fullmatch(entry.name):
+                        os.remove(entry.path)
+
+
 def _prepare_root(root: str, version: str) -> None:
     folders = [version, "maps", f"sweeps/{LIDAR_CHANNEL}"]
     folders += [f"samples/{ch}" for ch in CAMERA_CHANNELS + (LIDAR_CHANNEL,)]
     try:
         for folder in folders:
             os.makedirs(os.path.join(root, folder), exist_ok=True)
+        _remove_earlier_output(root, version)
         probe = os.path.join(root, version, ".write_test")
         with open(probe, "w") as f:
             f.write("ok")
@@ -61,15 +96,62 @@ def _prepare_root(root: str, version: str) -> None:
         raise DatasetWriteError(f"cannot write the synthetic dataset under root_path={root!r}: {e}") from e
 
 
+@contextlib.contextmanager
+def _single_threaded_children():
+    """Processes spawned inside inherit one-thread BLAS/OpenMP settings (read at their import)."""
+    saved = {k: os.environ.get(k) for k in THREAD_VARIABLES}
+    os.environ.update({k: "1" for k in THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run_parallel(tasks: list[SceneTask], workers: int, on_done) -> list[dict]:
+    """Scenes in ``workers`` spawned processes, results in task order. A worker's exception is
+    raised here (the other scenes are cancelled); a worker that dies raises ``BrokenProcessPool``
+    instead of hanging."""
+    results: list[dict | None] = [None] * len(tasks)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
+        with _single_threaded_children():
+            futures = {pool.submit(generate_scene, task): i for i, task in enumerate(tasks)}
+        try:
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                on_done()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return results
+
+
 def generate_dataset(root_path: str, version: str = "v1.0-mini", num_scenes: int | None = None,
                      keyframes_per_scene: int = 20, image_size: tuple[int, int] = (640, 360), seed: int = 0,
                      progress: bool = True, workers: int | None = None) -> dict:
     """Write a synthetic nuScenes-format dataset under ``root_path``.
 
     Tables go to ``root_path/<version>/``, images to ``samples/CAM_*``, LiDAR keyframes to
-    ``samples/LIDAR_TOP`` and sweeps to ``sweeps/LIDAR_TOP``. Scene ``i`` depends only on
-    ``(seed, i)`` and the other arguments, so output bytes are reproducible. ``workers``
-    processes generate scenes in parallel (default: up to 2).
+    ``samples/LIDAR_TOP``, sweeps to ``sweeps/LIDAR_TOP`` and map masks to ``maps/``. Scene ``i``
+    depends only on ``(seed, i)`` and the other arguments, so output bytes are reproducible.
+    Every scene shows all ten detection classes with LiDAR points within the devkit's class
+    ranges (see ``coverage.py``). ``workers`` spawned processes generate scenes in parallel
+    (default: up to 2; ``workers=1`` runs in this process); the output does not depend on it.
+
+    Re-generating into an existing root first deletes what an earlier run wrote for ``version``:
+    the ``<version>/`` tables, the ``maps/`` masks listed in its ``map`` table and the files in
+    ``samples/`` and ``sweeps/`` named like this generator's (``syn<seed>-<date>__<channel>__<us>``),
+    so no stale scene survives. Other files under the root are left alone.
 
     Returns a summary: counts of scenes, samples, sample_data, annotations (total and per
     detection class), LiDAR points per sweep, the scene names per split, paths and seconds.
@@ -90,16 +172,13 @@ def generate_dataset(root_path: str, version: str = "v1.0-mini", num_scenes: int
         workers = min(2, os.cpu_count() or 1, len(tasks))
     bar = tqdm(total=len(tasks) * int(keyframes_per_scene), desc="synthetic nuScenes samples", unit="sample",
                disable=not progress)
-    results = []
-    if workers <= 1:
-        for task in tasks:
-            results.append(generate_scene(task, progress=lambda: bar.update(1)))
-    else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for result in pool.imap(generate_scene, tasks):
-                results.append(result)
-                bar.update(int(keyframes_per_scene))
-    bar.close()
+    try:
+        if workers <= 1:
+            results = [generate_scene(task, progress=lambda: bar.update(1)) for task in tasks]
+        else:
+            results = _run_parallel(tasks, workers, lambda: bar.update(int(keyframes_per_scene)))
+    finally:
+        bar.close()
 
     tables = static_tables()
     for result in results:

@@ -10,6 +10,11 @@ Objects never overlap: every object keeps to its strip, and all objects of one s
 the same speed with gaps between them, so their order and spacing are fixed for the scene.
 Moving objects follow ``y = lane_y + amp * sin(wavenumber * x + phase)`` at constant speed
 along x: a smooth path of gentle curvature whose heading is the direction of motion.
+
+Before the random traffic, ``_place_anchors`` puts objects of all ten detection classes where
+they stay within the devkit's class ranges of the ego for the whole scene (``coverage.py``):
+vehicles travelling with the ego in its lane, road works and parked trailers along its route,
+cyclists in the bike lane; the random fill then keeps clear of them.
 """
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .shapes import CATEGORY_OF, make_parts, sample_size
+from .coverage import chain_positions, half_window
+from .shapes import CATEGORY_OF, SIZE_PRIORS, make_parts, sample_size
 
 __all__ = ["Motion", "SceneLayout", "build_scene", "SCENE_RANGE"]
 
@@ -118,36 +124,47 @@ def _vehicle_attribute(speed: float, parked: bool) -> str:
     return "vehicle.parked" if parked else "vehicle.stopped"
 
 
-def _fill_lane(b: _Builder, x_lo, x_hi, lane_y, speed, mix, gap, skip=None):
-    """Vehicles along one lane, all at ``speed``; ``skip`` = (lo, hi) x interval kept free."""
+def _lane_object(b: _Builder, label, x, lane_y, speed, backwards=False) -> float:
+    """One vehicle (or truck+trailer, or cycle with rider) of a lane whose traffic moves at
+    ``speed`` (>= 0, signed by the side), occupying ``[x, x + length)`` (``[x - length, x)`` if
+    ``backwards``); returns the length."""
     rng, direction = b.rng, 1.0 if lane_y < 0 else -1.0
-    heading = 0.0 if direction > 0 else np.pi
+    combo = label == "truck+trailer"
+    cycle = label in ("motorcycle", "bicycle")
+    size = _cycle_size(rng, label, True) if cycle else sample_size(rng, "trailer" if combo else label)
+    lead_size = sample_size(rng, "truck") if combo else None
+    total = size[0] + (lead_size[0] + 0.6 if combo else 0.0)
+    x = x - total if backwards else x
+    amp = 0.0 if combo else rng.uniform(0.0, 0.1 if cycle else 0.08)
+    common = dict(lane_y=lane_y, speed=speed * direction, heading=0.0 if direction > 0 else np.pi, amp=amp,
+                  wavelength=rng.uniform(15, 40) if cycle else rng.uniform(40, 120))
+    if cycle:
+        b.add(label, x + size[0] / 2, size=size, attribute="cycle.with_rider", with_rider=True, **common)
+    elif combo:
+        trailer_x = x + size[0] / 2 if direction > 0 else x + lead_size[0] + 0.6 + size[0] / 2
+        truck_x = x + size[0] + 0.6 + lead_size[0] / 2 if direction > 0 else x + lead_size[0] / 2
+        attr = _vehicle_attribute(speed, False)
+        b.add("trailer", trailer_x, size=size, attribute=attr, **common)
+        b.add("truck", truck_x, size=lead_size, attribute=attr, **common)
+    else:
+        b.add(label, x + size[0] / 2, size=size, attribute=_vehicle_attribute(speed, False), **common)
+    return total
+
+
+def _fill_lane(b: _Builder, x_lo, x_hi, lane_y, speed, mix, gap, reserved=()):
+    """Vehicles along one lane, all at ``speed``; ``reserved``: (lo, hi) x intervals kept free."""
+    rng = b.rng
     names, probs = zip(*mix.items())
     x = x_lo + rng.uniform(0, gap[1])
     while x < x_hi:
         label = names[rng.choice(len(names), p=np.asarray(probs) / sum(probs))]
-        combo = label == "truck+trailer"
-        cycle = label in ("motorcycle", "bicycle")
-        size = _cycle_size(rng, label, True) if cycle else sample_size(rng, "trailer" if combo else label)
-        lead_size = sample_size(rng, "truck") if combo else None
-        total = size[0] + (lead_size[0] + 0.6 if combo else 0.0)
-        if skip is not None and x + total > skip[0] and x < skip[1]:
-            x = skip[1]
+        length = (SIZE_PRIORS["trailer"][0] + SIZE_PRIORS["truck"][0]) * 1.07 + 0.6 if label == "truck+trailer" \
+            else SIZE_PRIORS[label][0] * 1.06
+        blocked = [hi for lo, hi in reserved if x + length > lo and x < hi]
+        if blocked:
+            x = max(blocked) + rng.uniform(0.5 * gap[0], gap[0])
             continue
-        amp = 0.0 if combo else rng.uniform(0.0, 0.1 if cycle else 0.08)
-        common = dict(lane_y=lane_y, speed=speed * direction, heading=heading, amp=amp,
-                      wavelength=rng.uniform(15, 40) if cycle else rng.uniform(40, 120))
-        if cycle:
-            b.add(label, x + size[0] / 2, size=size, attribute="cycle.with_rider", with_rider=True, **common)
-        elif combo:
-            trailer_x = x + size[0] / 2 if direction > 0 else x + lead_size[0] + 0.6 + size[0] / 2
-            truck_x = x + size[0] + 0.6 + lead_size[0] / 2 if direction > 0 else x + lead_size[0] / 2
-            attr = _vehicle_attribute(speed, False)
-            b.add("trailer", trailer_x, size=size, attribute=attr, **common)
-            b.add("truck", truck_x, size=lead_size, attribute=attr, **common)
-        else:
-            b.add(label, x + size[0] / 2, size=size, attribute=_vehicle_attribute(speed, False), **common)
-        x += total + rng.uniform(*gap)
+        x += _lane_object(b, label, x, lane_y, speed) + rng.uniform(*gap)
 
 
 def _cycle_size(rng, label, with_rider):
@@ -156,7 +173,8 @@ def _cycle_size(rng, label, with_rider):
     return size
 
 
-def _fill_parking(b: _Builder, x_lo, x_hi, side):
+def _fill_parking(b: _Builder, x_lo, x_hi, side, reserved=()):
+    """Parked vehicles and work zones; ``reserved``: (lo, hi) x intervals kept free."""
     rng = b.rng
     lane_y, heading = side * PARKING, (0.0 if side < 0 else np.pi)
     x = x_lo + rng.uniform(0, 10)
@@ -164,6 +182,11 @@ def _fill_parking(b: _Builder, x_lo, x_hi, side):
     names, probs = zip(*mix.items())
     while x < x_hi:
         kind = names[rng.choice(len(names), p=probs)]
+        # A work zone is at most about 45 m long, a vehicle at most 13 m.
+        blocked = [hi for lo, hi in reserved if x + (45.0 if kind == "work_zone" else 13.0) > lo and x < hi]
+        if blocked:
+            x = max(blocked) + rng.uniform(1.0, 6.0)
+            continue
         if kind == "gap":
             x += rng.uniform(5, 25)
             continue
@@ -178,28 +201,106 @@ def _fill_parking(b: _Builder, x_lo, x_hi, side):
         x += rng.uniform(1.0, 6.0)
 
 
-def _work_zone(b: _Builder, x, lane_y):
-    """Barriers, cones, workers and a construction vehicle in a row along the parking strip."""
+def _barriers(b: _Builder, x, lane_y, count):
+    """``count`` barriers in a row from ``x``; returns the x after them."""
     rng = b.rng
-    for _ in range(rng.integers(1, 4)):
+    for _ in range(count):
         size = sample_size(rng, "barrier")
         b.add("barrier", x + size[0] / 2, lane_y + rng.uniform(-0.8, 0.8), heading=rng.uniform(-0.05, 0.05), size=size)
         x += size[0] + rng.uniform(0.3, 1.0)
-    for stage in range(2):
-        for _ in range(rng.integers(2, 5)):
-            size = sample_size(rng, "traffic_cone")
-            b.add("traffic_cone", x + 0.3, lane_y + rng.uniform(-1.2, 1.2), heading=rng.uniform(0, np.pi), size=size)
-            x += rng.uniform(1.2, 2.5)
-        if stage == 0:
-            size = sample_size(rng, "construction_vehicle")
-            b.add("construction_vehicle", x + size[0] / 2, lane_y, heading=rng.choice([0.0, np.pi]), size=size,
-                  attribute=rng.choice(["vehicle.parked", "vehicle.stopped"]))
-            x += size[0] + 0.8
-            for _ in range(rng.integers(0, 3)):
-                b.add("pedestrian", x + 0.5, lane_y + rng.uniform(-1.0, 1.0), heading=rng.uniform(-np.pi, np.pi),
-                      attribute="pedestrian.standing", category="human.pedestrian.construction_worker", worker=True)
-                x += rng.uniform(1.2, 2.0)
     return x
+
+
+def _cones(b: _Builder, x, lane_y, count, spacing=(1.2, 2.5)):
+    rng = b.rng
+    for _ in range(count):
+        size = sample_size(rng, "traffic_cone")
+        b.add("traffic_cone", x + 0.3, lane_y + rng.uniform(-1.2, 1.2), heading=rng.uniform(0, np.pi), size=size)
+        x += rng.uniform(*spacing)
+    return x
+
+
+def _machine(b: _Builder, x, lane_y, workers):
+    """A construction vehicle followed by ``workers`` construction workers standing by."""
+    rng = b.rng
+    size = sample_size(rng, "construction_vehicle")
+    b.add("construction_vehicle", x + size[0] / 2, lane_y, heading=rng.choice([0.0, np.pi]), size=size,
+          attribute=rng.choice(["vehicle.parked", "vehicle.stopped"]))
+    x += size[0] + 0.8
+    for _ in range(workers):
+        b.add("pedestrian", x + 0.5, lane_y + rng.uniform(-1.0, 1.0), heading=rng.uniform(-np.pi, np.pi),
+              attribute="pedestrian.standing", category="human.pedestrian.construction_worker", worker=True)
+        x += rng.uniform(1.2, 2.0)
+    return x
+
+
+def _work_zone(b: _Builder, x, lane_y):
+    """Barriers, cones, workers and a construction vehicle in a row along the parking strip."""
+    rng = b.rng
+    x = _barriers(b, x, lane_y, rng.integers(1, 4))
+    x = _cones(b, x, lane_y, rng.integers(2, 5))
+    x = _machine(b, x, lane_y, rng.integers(0, 3))
+    return _cones(b, x, lane_y, rng.integers(2, 5))
+
+
+def _anchor_work_zone(b: _Builder, route, lane_y):
+    """Road works along the ego's route, ``route`` metres from x = 0: barrier groups and machines
+    with workers at ``chain_positions`` (so one of each stays in range of the passing ego), cones
+    lining the rest. Returns the zone's (lo, hi) x extent."""
+    rng = b.rng
+    lateral = abs(lane_y) + 1.3 - INNER  # furthest object offset and ego sway included
+    items = [(x, "barrier") for x in chain_positions(0.0, route, half_window("barrier", lateral))]
+    machine_half = min(half_window("construction_vehicle", lateral), half_window("pedestrian", lateral))
+    items += [(x, "machine") for x in chain_positions(0.0, route, machine_half)]
+    items.sort()
+    start = x = items[0][0] - 12.0
+    for target, kind in items:
+        count = int(rng.integers(1, 4)) if kind == "barrier" else int(rng.integers(1, 3))
+        width = 3.2 * count if kind == "barrier" else 8.0 + 1.6 * count
+        begin = max(x, target - width / 2)
+        x = _cones(b, x, lane_y, int((begin - x) // 3.5), spacing=(3.0, 3.5))
+        place = _barriers if kind == "barrier" else _machine
+        x = place(b, max(x, begin), lane_y, count)
+        x += rng.uniform(0.5, 1.5)
+    x = _cones(b, x, lane_y, int(rng.integers(2, 4)), spacing=(2.0, 3.5))
+    return start, x
+
+
+def _place_anchors(b: _Builder, ego_speed, bike_speed, duration) -> dict[float, list[tuple[float, float]]]:
+    """Objects of every class that stay in range of the ego for the whole scene (coverage.py).
+
+    Ego lane: a car and a motorcycle right ahead of and behind the ego, a bus and a truck beyond
+    them, all travelling with the ego. Right parking strip: road works along the route. Left
+    parking strip: parked trailers along the route. Right bike lane: cyclists spread so that
+    one is always near the ego. Returns the x intervals (at t = 0) taken, keyed by strip y.
+    """
+    rng = b.rng
+    route = ego_speed * duration
+    near = [str(v) for v in rng.permutation(["car", "motorcycle"])]
+    far = [str(v) for v in rng.permutation(["bus", "truck"])]
+    ahead = 16.0 + rng.uniform(0.0, 6.0)
+    ahead += _lane_object(b, near[0], ahead, -INNER, ego_speed) + rng.uniform(2.0, 8.0)
+    ahead += _lane_object(b, far[0], ahead, -INNER, ego_speed)
+    behind = -14.0 - rng.uniform(0.0, 6.0)
+    behind -= _lane_object(b, near[1], behind, -INNER, ego_speed, backwards=True) + rng.uniform(2.0, 8.0)
+    behind -= _lane_object(b, far[1], behind, -INNER, ego_speed, backwards=True)
+    reserved = {-INNER: [(behind - 3.0, ahead + 3.0)]}
+
+    lo, hi = _anchor_work_zone(b, route, -PARKING)
+    reserved[-PARKING] = [(lo - 2.0, hi + 2.0)]
+
+    reserved[PARKING] = []
+    for x in chain_positions(0.0, route, half_window("trailer", PARKING + INNER + 0.2)):
+        size = sample_size(rng, "trailer")
+        b.add("trailer", x, PARKING, heading=np.pi + rng.uniform(-0.02, 0.02), size=size, attribute="vehicle.parked")
+        reserved[PARKING].append((x - size[0] / 2 - 2.0, x + size[0] / 2 + 2.0))
+
+    reserved[-BIKE] = []
+    drift = (ego_speed - bike_speed) * duration  # how far the cyclists fall behind the ego
+    for x in chain_positions(min(0.0, drift), max(0.0, drift), half_window("bicycle", BIKE - INNER + 0.2)):
+        length = _lane_object(b, "bicycle", x - 0.9, -BIKE, bike_speed)
+        reserved[-BIKE].append((x - 3.0, x - 0.9 + length + 2.0))
+    return reserved
 
 
 def _fill_sidewalk(b: _Builder, x_lo, x_hi, side):
@@ -281,22 +382,30 @@ def build_scene(rng: np.random.Generator, duration: float) -> SceneLayout:
     """A random street scene lasting ``duration`` seconds (ego drives from x = 0 along +x)."""
     ego_speed = rng.uniform(4.0, 9.0)
     x_lo, x_hi = -SCENE_RANGE, ego_speed * duration + SCENE_RANGE
+    bike_speeds = rng.uniform(2.5, 6.0, size=2)
     b = _Builder(rng)
+    reserved = _place_anchors(b, ego_speed, bike_speeds[0], duration)
     car_mix = {"car": 0.78, "truck": 0.12, "bus": 0.06, "motorcycle": 0.04}
     outer_mix = {"car": 0.62, "truck": 0.12, "bus": 0.1, "truck+trailer": 0.06, "motorcycle": 0.1}
-    for side in (-1, 1):
+    for side, bike_speed in zip((-1, 1), bike_speeds):
         for lane_y, mix in ((INNER, car_mix), (OUTER, outer_mix)):
             if side < 0 and lane_y == INNER:
-                speed, skip = ego_speed, (-14.0, 16.0)
+                speed = ego_speed
+            elif rng.uniform() < 0.2:
+                speed = 0.0
+            elif side < 0:  # no tall vehicle keeps pace beside the ego, hiding the road works for long
+                slow, fast = max(ego_speed - 2.5 - 3.0, 0.0), 12.0 - ego_speed - 2.5
+                pick = rng.uniform(0.0, slow + fast)
+                speed = 3.0 + pick if pick < slow else ego_speed + 2.5 + pick - slow
             else:
-                speed, skip = (0.0 if rng.uniform() < 0.2 else rng.uniform(3.0, 12.0)), None
+                speed = rng.uniform(3.0, 12.0)
             reach = abs(speed) * duration
-            _fill_lane(b, x_lo - reach, x_hi + reach, side * lane_y, speed, mix, (10.0, 70.0), skip)
-        bike_speed = rng.uniform(2.5, 6.0)
+            _fill_lane(b, x_lo - reach, x_hi + reach, side * lane_y, speed, mix, (10.0, 70.0),
+                       reserved.get(side * lane_y, ()))
         reach = bike_speed * duration
         _fill_lane(b, x_lo - reach, x_hi + reach, side * BIKE, bike_speed, {"bicycle": 0.7, "motorcycle": 0.3},
-                   (20.0, 120.0))
-        _fill_parking(b, x_lo, x_hi, side)
+                   (20.0, 120.0), reserved.get(side * BIKE, ()))
+        _fill_parking(b, x_lo, x_hi, side, reserved.get(side * PARKING, ()))
         _fill_sidewalk(b, x_lo - 2 * duration, x_hi + 2 * duration, side)
     objs = b.objects
     parts = [o["parts"] for o in objs]

@@ -4,7 +4,8 @@ A scene is one log: the ego drives for ``(keyframes - 1) * 0.5`` s; LiDAR sweeps
 (keyframes every tenth under ``samples/``, the others under ``sweeps/``), the six cameras at the
 keyframes' LiDAR timestamps. Annotations are objects within ``ANNOTATION_RANGE`` of the ego that
 have LiDAR points or visible pixels; ``num_lidar_pts`` is counted from the written sweep through
-the written calibration and ego pose, as any reader of the tables would.
+the written calibration and ego pose, as any reader of the tables would. ``build_world`` checks
+with the keyframe sweeps that every detection class is seen within its devkit range.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 from mmdet3d.core.bbox import count_points_in_boxes
 
 from .camera import render_camera
+from .coverage import class_coverage
 from .ground import GroundTexture, build_ground, drivable_mask_png
 from .lidar import SpinningLidar
 from .rig import (CALIBRATION, CAMERA_CHANNELS, LIDAR_CHANNEL, camera_intrinsic, pose_matrix, quaternion_to_yaw,
@@ -28,11 +30,13 @@ from .scene import SceneLayout, build_scene
 from .tables import ATTRIBUTES, make_token, visibility_token
 
 __all__ = ["SceneTask", "SceneWorld", "build_world", "ego_to_scene", "generate_scene", "SWEEP_PERIOD_US",
-           "SWEEPS_PER_KEYFRAME", "ANNOTATION_RANGE"]
+           "SWEEPS_PER_KEYFRAME", "ANNOTATION_RANGE", "MIN_COVERED"]
 
 SWEEP_PERIOD_US = 50_000  # 20 Hz LiDAR
 SWEEPS_PER_KEYFRAME = 10  # 2 Hz keyframes
 ANNOTATION_RANGE = 60.0
+MIN_COVERED = 0.5  # fraction of keyframes in which every class must be seen (see build_world)
+MAX_ATTEMPTS = 8
 START_US = 1_704_067_200_000_000  # 2024-01-01 00:00 UTC
 LOCATIONS = ("boston-seaport", "singapore-onenorth", "singapore-queenstown", "singapore-hollandvillage")
 DETECTION_NAME = {  # nuScenes category -> detection class (devkit mapping, restricted to what we make)
@@ -80,20 +84,57 @@ class SceneWorld:
     t0: int  # timestamp of the first keyframe (us)
     logfile: str
     location: str
+    keyframe_scans: list  # per keyframe: LiDAR ``(points, owner)`` as ``SpinningLidar.cast`` returns
+    coverage: np.ndarray  # (keyframes, 10) bool, ``coverage.class_coverage`` of the keyframe scans
+
+
+def _sweep_time(k: int) -> float:
+    return k * SWEEP_PERIOD_US * 1e-6
+
+
+def _sweep_rng(seed: int, index: int, k: int) -> np.random.Generator:
+    return np.random.default_rng([seed, index, 1, k])
 
 
 def build_world(seed: int, index: int, keyframes: int) -> SceneWorld:
-    """The layout, ground and placement of scene ``index``; ``generate_scene`` renders this."""
-    rng = np.random.default_rng([seed, index])
-    duration = (keyframes - 1) * SWEEPS_PER_KEYFRAME * SWEEP_PERIOD_US * 1e-6
+    """The layout, ground and placement of scene ``index``; ``generate_scene`` renders this.
+
+    The layout is drawn again (from a derived seed) until every detection class carries
+    ``MIN_POINTS`` LiDAR points within its devkit class range in at least ``MIN_COVERED`` of the
+    keyframes; after ``MAX_ATTEMPTS`` draws the best one is kept. The anchors of ``scene.py``
+    make a redraw rare.
+    """
+    best = None
+    for attempt in range(MAX_ATTEMPTS):
+        world = _draw_world(seed, index, keyframes, attempt)
+        score = world.coverage.mean(0).min()
+        if score >= MIN_COVERED:
+            return world
+        if best is None or score > best[0]:
+            best = (score, world)
+    return best[1]
+
+
+def _draw_world(seed: int, index: int, keyframes: int, attempt: int) -> SceneWorld:
+    rng = np.random.default_rng([seed, index] if attempt == 0 else [seed, index, 2, attempt])
+    duration = _sweep_time((keyframes - 1) * SWEEPS_PER_KEYFRAME)
     layout = build_scene(rng, duration)
     ground = build_ground(rng, layout.x_range, layout.sun)
     s2g = _scene_to_global(rng, layout.x_range)
     t0 = START_US + index * 3_600_000_000
     stamp = datetime.datetime.fromtimestamp(t0 * 1e-6, datetime.timezone.utc).strftime("%Y-%m-%d-%H-%M-%S")
+    lidar, scans, counts = SpinningLidar(), [], []
+    for k in range(0, (keyframes - 1) * SWEEPS_PER_KEYFRAME + 1, SWEEPS_PER_KEYFRAME):
+        t = _sweep_time(k)
+        points, owner = lidar.cast(layout.boxes_at(t), ground, ego_to_scene(layout, t) @ sensor2ego(LIDAR_CHANNEL),
+                                   _sweep_rng(seed, index, k))
+        scans.append((points, owner))
+        counts.append(np.bincount(owner[owner >= 0], minlength=len(layout.labels)))
+    times = [_sweep_time(k) for k in range(0, len(scans) * SWEEPS_PER_KEYFRAME, SWEEPS_PER_KEYFRAME)]
     return SceneWorld(layout=layout, ground=ground, scene2global=s2g, theta=float(np.arctan2(s2g[1, 0], s2g[0, 0])),
                       t0=t0, logfile=f"syn{seed % 1000:03d}-{stamp}+0000",
-                      location=LOCATIONS[int(rng.integers(len(LOCATIONS)))])
+                      location=LOCATIONS[int(rng.integers(len(LOCATIONS)))], keyframe_scans=scans,
+                      coverage=class_coverage(layout, times, counts))
 
 
 def ego_to_scene(layout: SceneLayout, t: float) -> np.ndarray:
@@ -110,7 +151,6 @@ def generate_scene(task: SceneTask, progress=None) -> dict:
 
     ``progress``: optional callable invoked once per keyframe written.
     """
-    torch.set_num_threads(1)
     seed, name, (width, height) = task.seed, task.name, task.image_size
     world = build_world(seed, task.index, task.keyframes)
     layout, ground, s2g, theta, t0, logfile, location = (
@@ -156,7 +196,7 @@ def generate_scene(task: SceneTask, progress=None) -> dict:
     num_sweeps = (task.keyframes - 1) * SWEEPS_PER_KEYFRAME + 1
     sample_tokens = [tok("sample", i) for i in range(task.keyframes)]
     for k in range(num_sweeps):
-        t = k * SWEEP_PERIOD_US * 1e-6
+        t = _sweep_time(k)
         ts = t0 + k * SWEEP_PERIOD_US
         key, sample_index = k % SWEEPS_PER_KEYFRAME == 0, int(np.floor(k / SWEEPS_PER_KEYFRAME + 0.5))
         ex, ey, eyaw = layout.ego_pose(t)
@@ -164,8 +204,11 @@ def generate_scene(task: SceneTask, progress=None) -> dict:
         gx, gy, _ = s2g @ [ex, ey, 1.0]
         pose = (yaw_to_quaternion(theta + eyaw), [float(gx), float(gy), 0.0])
         boxes = layout.boxes_at(t)
-        points, _ = lidar.cast(boxes, ground, ego2scene @ sensor2ego(LIDAR_CHANNEL),
-                               np.random.default_rng([seed, task.index, 1, k]))
+        if key:
+            points = world.keyframe_scans[sample_index][0]
+        else:
+            points, _ = lidar.cast(boxes, ground, ego2scene @ sensor2ego(LIDAR_CHANNEL),
+                                   _sweep_rng(seed, task.index, k))
         stats["lidar_points"].append(len(points))
         folder = "samples" if key else "sweeps"
         lidar_file = f"{folder}/{LIDAR_CHANNEL}/{logfile}__{LIDAR_CHANNEL}__{ts}.pcd.bin"
@@ -245,7 +288,7 @@ def _annotate(layout, s2g, theta, t, ego_xy, points, lidar2ego, pose, visible, u
     pts = points[:, :3].astype(np.float64) @ lidar2global[:3, :3].T + lidar2global[:3, 3]
     boxes = np.array([tr + [s[0], s[1], s[2], quaternion_to_yaw(q)]
                       for tr, s, q in zip(translations, sizes, rotations)])
-    counts = count_points_in_boxes(torch.from_numpy(pts), torch.from_numpy(boxes)).numpy()
+    counts = _count_points(pts, boxes)
     for j, obj in enumerate(near):
         fraction = visible[obj] / unoccluded[obj] if unoccluded[obj] > 0 else 0.0
         if counts[j] == 0 and visible[obj] == 0:
@@ -257,3 +300,18 @@ def _annotate(layout, s2g, theta, t, ego_xy, points, lidar2ego, pose, visible, u
                    size=[float(sizes[j, 1]), float(sizes[j, 0]), float(sizes[j, 2])], rotation=rotations[j],
                    prev="", next="", num_lidar_pts=int(counts[j]), num_radar_pts=0)
         tracks.setdefault(int(obj), []).append((sample_index, rec))
+
+
+def _count_points(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N,) points of ``points`` (P, 3) inside each of ``boxes`` (N, 7), as ``count_points_in_boxes``
+    counts them, testing each box only against the points of its x slab (bounding-circle radius)."""
+    order = np.argsort(points[:, 0], kind="stable")
+    xs = points[order, 0]
+    radius = np.hypot(boxes[:, 3], boxes[:, 4]) / 2 + 1e-6
+    lo = np.searchsorted(xs, boxes[:, 0] - radius, side="left")
+    hi = np.searchsorted(xs, boxes[:, 0] + radius, side="right")
+    counts = np.zeros(len(boxes), dtype=np.int64)
+    for j in np.flatnonzero(hi > lo):
+        candidates = torch.from_numpy(points[order[lo[j]:hi[j]]])
+        counts[j] = int(count_points_in_boxes(candidates, torch.from_numpy(boxes[j:j + 1]))[0])
+    return counts

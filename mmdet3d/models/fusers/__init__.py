@@ -1,0 +1,3 @@
+from .conv_fuser import AddFuser, ConvFuser
+
+__all__ = ["AddFuser", "ConvFuser"]

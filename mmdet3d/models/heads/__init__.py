@@ -1,0 +1,3 @@
+from .centerhead import CenterHead, SeparateHead
+
+__all__ = ["CenterHead", "SeparateHead"]

@@ -1,0 +1,131 @@
+"""PointPillars LiDAR encoder: pillar feature net + scatter to a BEV pseudo-image.
+
+Voxel coordinates are ``(batch, x_index, y_index, z_index)`` rows (int64); pillars have a
+single z cell. BEV maps are laid out ``(B, C, X, Y)`` like every BEV map in the project.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..builder import LIDAR_BACKBONES
+
+__all__ = ["PillarFeatureNet", "PointPillarsScatter", "PointPillarsEncoder", "bev_grid_size"]
+
+
+def bev_grid_size(point_cloud_range: Sequence[float], voxel_size: Sequence[float]) -> tuple[int, int]:
+    """(X, Y) cells of ``voxel_size`` covering ``point_cloud_range``."""
+    return (
+        int(round((point_cloud_range[3] - point_cloud_range[0]) / voxel_size[0])),
+        int(round((point_cloud_range[4] - point_cloud_range[1]) / voxel_size[1])),
+    )
+
+
+@LIDAR_BACKBONES.register_module()
+class PillarFeatureNet(nn.Module):
+    """Pillars (V, M, C_point) with point counts (V,) -> pillar features (V, C_out).
+
+    Each point is decorated with its offset to the mean of its pillar's points (3, when
+    ``with_cluster_center``), its x/y offset to the pillar centre (2, ``with_voxel_center``)
+    and its range (1, ``with_distance``); padded points are zeroed. Then per layer of
+    ``feat_channels``: linear -> BN -> ReLU, and a max over the pillar's points (intermediate
+    layers concatenate the max back onto each point, as in PointPillars' PFN).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 5,
+        feat_channels: Sequence[int] = (64,),
+        point_cloud_range: Sequence[float] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0),
+        voxel_size: Sequence[float] = (0.2, 0.2, 8.0),
+        with_cluster_center: bool = True,
+        with_voxel_center: bool = True,
+        with_distance: bool = False,
+    ):
+        super().__init__()
+        self.in_channels = in_channels
+        self.grid_size = bev_grid_size(point_cloud_range, voxel_size)
+        self.with_cluster_center, self.with_voxel_center, self.with_distance = (
+            with_cluster_center, with_voxel_center, with_distance)
+        self.register_buffer("voxel_size", torch.tensor(voxel_size[:2], dtype=torch.float32), persistent=False)
+        self.register_buffer("grid_origin", torch.tensor(point_cloud_range[:2], dtype=torch.float32), persistent=False)
+        width = in_channels + 3 * with_cluster_center + 2 * with_voxel_center + with_distance
+        self.linears, self.norms = nn.ModuleList(), nn.ModuleList()
+        for i, out in enumerate(feat_channels):
+            last = i == len(feat_channels) - 1
+            layer_out = out if last else out // 2
+            self.linears.append(nn.Linear(width, layer_out, bias=False))
+            self.norms.append(nn.BatchNorm1d(layer_out))
+            width = layer_out * 2
+        self.out_channels = feat_channels[-1]
+
+    def decorate(self, voxels: torch.Tensor, num_points: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """(V, M, C_point) -> (V, M, C_point + extras), padded points zeroed."""
+        num_max = voxels.shape[1]
+        mask = torch.arange(num_max, device=voxels.device)[None, :] < num_points[:, None]  # (V, M)
+        features = [voxels]
+        if self.with_cluster_center:
+            mean = (voxels[..., :3] * mask[..., None]).sum(1) / num_points.clamp(min=1)[:, None].to(voxels.dtype)
+            features.append(voxels[..., :3] - mean[:, None, :])
+        if self.with_voxel_center:
+            centre = (coords[:, 1:3].to(voxels.dtype) + 0.5) * self.voxel_size + self.grid_origin  # (V, 2)
+            features.append(voxels[..., :2] - centre[:, None, :])
+        if self.with_distance:
+            features.append(voxels[..., :3].norm(dim=-1, keepdim=True))
+        return torch.cat(features, dim=-1) * mask[..., None]
+
+    def forward(self, voxels: torch.Tensor, num_points: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        x = self.decorate(voxels, num_points, coords)
+        for i, (linear, norm) in enumerate(zip(self.linears, self.norms)):
+            # BatchNorm1d over channels: (V, M, C) -> (V, C, M) and back
+            x = torch.relu(norm(linear(x).transpose(1, 2)).transpose(1, 2))
+            pooled = x.max(dim=1, keepdim=True).values  # (V, 1, C)
+            if i < len(self.linears) - 1:
+                x = torch.cat([x, pooled.expand_as(x)], dim=-1)
+            else:
+                x = pooled
+        return x.squeeze(1)
+
+
+@LIDAR_BACKBONES.register_module()
+class PointPillarsScatter(nn.Module):
+    """Pillar features (V, C) at coords (V, 4) ``(b, x, y, z)`` -> BEV (B, C, X, Y), zeros elsewhere."""
+
+    def __init__(self, in_channels: int, output_shape: Sequence[int]):
+        super().__init__()
+        self.in_channels = self.out_channels = in_channels
+        self.output_shape = (int(output_shape[0]), int(output_shape[1]))
+
+    def forward(self, features: torch.Tensor, coords: torch.Tensor, batch_size: int) -> torch.Tensor:
+        num_x, num_y = self.output_shape
+        canvas = features.new_zeros(batch_size * num_x * num_y, features.shape[1])
+        flat = (coords[:, 0] * num_x + coords[:, 1]) * num_y + coords[:, 2]
+        canvas = canvas.index_put((flat.long(),), features, accumulate=True)
+        # (B*X*Y, C) -> (B, C, X, Y)
+        return canvas.view(batch_size, num_x, num_y, -1).permute(0, 3, 1, 2).contiguous()
+
+
+@LIDAR_BACKBONES.register_module()
+class PointPillarsEncoder(nn.Module):
+    """Voxelised points -> BEV (B, C, X, Y): ``PillarFeatureNet`` then ``PointPillarsScatter``.
+
+    ``in_channels`` (the voxelizer's point feature count, passed by the fusion model) reaches the
+    feature net unless its config sets one. The scatter's ``in_channels`` and ``output_shape`` are the feature net's ``out_channels`` and
+    ``grid_size`` (from its ``point_cloud_range`` and ``voxel_size``) unless given.
+    """
+
+    def __init__(self, pts_voxel_encoder: dict, pts_middle_encoder: dict | None = None, in_channels: int | None = None):
+        super().__init__()
+        point_features = {} if in_channels is None else {"in_channels": in_channels}
+        self.pts_voxel_encoder = LIDAR_BACKBONES.build(pts_voxel_encoder, **point_features)
+        self.pts_middle_encoder = LIDAR_BACKBONES.build(
+            pts_middle_encoder or dict(type="PointPillarsScatter"),
+            in_channels=self.pts_voxel_encoder.out_channels, output_shape=self.pts_voxel_encoder.grid_size,
+        )
+        self.out_channels = self.pts_middle_encoder.out_channels
+
+    def forward(self, voxels: torch.Tensor, num_points: torch.Tensor, coords: torch.Tensor, batch_size: int) -> torch.Tensor:
+        features = self.pts_voxel_encoder(voxels, num_points, coords)
+        return self.pts_middle_encoder(features, coords, batch_size)
