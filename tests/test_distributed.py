@@ -16,13 +16,12 @@ import torch
 from tool_runner import (
     REPO,
     TEACHER_CONFIG,
-    TEACHER_FAST,
     TOY_CONFIG,
     check_ok,
     load_weights,
     max_abs_diff,
     needs_mpirun,
-    needs_teacher,
+    teacher_fast,
     needs_torchpack,
     run_tool,
 )
@@ -149,15 +148,14 @@ def test_collect_results_orders_and_drops_padding():
         collect_results(pairs[:2] + pairs[3:], dataset_size=5)
 
 
-# ----- the real teacher config (skipped until it and the embedded dataset exist) -----
+# ----- the real teacher config on the small embedded dataset the session generates -----
 
 
-@needs_teacher
 @needs_mpirun
 @needs_torchpack
-def test_teacher_dist_run_ranks_agree_and_test_matches(tmp_path):
+def test_teacher_dist_run_ranks_agree_and_test_matches(tmp_path, teacher_fast):
     run = str(tmp_path / "teacher")
-    args = ["--run-dir", run, "--iters-per-epoch", "2", "--eval_interval", "0", "--debug-rank-dumps", *TEACHER_FAST]
+    args = ["--run-dir", run, "--iters-per-epoch", "2", "--eval_interval", "0", "--debug-rank-dumps", *teacher_fast]
     check_ok(run_tool("train", TEACHER_CONFIG, *args, launcher="torchpack", timeout=600))
     debug = os.path.join(run, "debug")
     step1 = [load_weights(os.path.join(debug, f"rank{r}_step1.pth")) for r in (0, 1)]
@@ -166,7 +164,7 @@ def test_teacher_dist_run_ranks_agree_and_test_matches(tmp_path):
     assert max_abs_diff(step1[0], step1[1], parameters_only=True) == 0.0
     assert max_abs_diff(final[0], final[1]) == 0.0
     ckpt = os.path.join(run, "epoch_1.pth")
-    test_args = ["--eval", "bbox", *TEACHER_FAST]
+    test_args = ["--eval", "bbox", *teacher_fast]
     single = check_ok(run_tool("test", TEACHER_CONFIG, ckpt, *test_args, timeout=600))
     multi = check_ok(run_tool("test", TEACHER_CONFIG, ckpt, *test_args, launcher="torchpack", timeout=600))
     table = lambda text: [line for line in text.splitlines() if line.startswith("| ")]  # noqa: E731

@@ -185,6 +185,18 @@ def test_evaluate_default_attributes_tokens_and_empty_predictions(val_set, tmp_p
     assert full["mAP"] > 0.99 and 0.0 <= full["mAAE"] <= 1.0
 
 
+def test_evaluate_without_any_box_scores_zero(val_set, tmp_path, capsys):
+    """An untrained model may predict nothing at all; the devkit alone would crash on that."""
+    empty = [{"boxes_3d": np.zeros((0, 9)), "scores_3d": np.zeros(0), "labels_3d": np.zeros(0, np.int64)}
+             for _ in range(len(val_set))]
+    metrics = val_set.evaluate(empty, out_dir=str(tmp_path))
+    assert metrics["mAP"] == 0.0 and metrics["NDS"] == 0.0 and metrics["mATE"] == 1.0
+    assert metrics["object/car_ap"] == 0.0
+    with open(tmp_path / "metrics_summary.json") as f:
+        assert json.load(f)["mean_ap"] == 0.0
+    assert "no predicted boxes" in capsys.readouterr().out
+
+
 def test_evaluate_missing_tokens_fails_with_count(val_set):
     results = _gt_results(val_set)
     for r, info in zip(results, val_set.data_infos):

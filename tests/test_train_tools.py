@@ -1,7 +1,7 @@
 """tools/train.py, tools/test.py and tools/benchmark.py end to end on the toy detector (one process).
 
 Multi-process launches (torchpack dist-run, torchrun) are in test_distributed.py. The last tests
-run the real teacher config once it and the embedded dataset exist.
+run the real teacher config on the small embedded dataset the session generates.
 """
 from __future__ import annotations
 
@@ -18,14 +18,13 @@ import yaml
 from tool_runner import (
     REPO,
     TEACHER_CONFIG,
-    TEACHER_FAST,
     TOY_CONFIG,
     TOY_CYCLIC_CONFIG,
     check_ok,
     isolated_registries,
     load_weights,
     max_abs_diff,
-    needs_teacher,
+    teacher_fast,
     run_tool,
     run_tool_inprocess,
 )
@@ -194,30 +193,27 @@ def test_set_epoch_reaches_pipeline_steps():
     assert dataset.pipeline.calls == 1 and dataset.pipeline.transforms[0].epoch == 5
 
 
-# ----- the real teacher config (skipped until it and the embedded dataset exist) -----
+# ----- the real teacher config on the small embedded dataset the session generates -----
 
 
-@needs_teacher
-def test_teacher_config_trains_and_tests(tmp_path):
+def test_teacher_config_trains_and_tests(tmp_path, teacher_fast):
     run = str(tmp_path / "teacher")
-    check_ok(run_tool("train", TEACHER_CONFIG, "--run-dir", run, "--iters-per-epoch", "2", "--eval_interval", "0", *TEACHER_FAST, timeout=600))
+    check_ok(run_tool("train", TEACHER_CONFIG, "--run-dir", run, "--iters-per-epoch", "2", "--eval_interval", "0", *teacher_fast, timeout=600))
     ckpt = torch.load(os.path.join(run, "epoch_1.pth"), weights_only=False)
     assert ckpt["meta"]["iter"] == 2 and ckpt["meta"]["config"]["model"]["type"] == "BEVFusion"
-    proc = check_ok(run_tool("test", TEACHER_CONFIG, os.path.join(run, "epoch_1.pth"), "--eval", "bbox", *TEACHER_FAST, timeout=600))
+    proc = check_ok(run_tool("test", TEACHER_CONFIG, os.path.join(run, "epoch_1.pth"), "--eval", "bbox", *teacher_fast, timeout=600))
     assert "| NDS" in proc.stdout and "| mAP" in proc.stdout
 
 
-@needs_teacher
-def test_teacher_config_benchmark():
-    proc = check_ok(run_tool("benchmark", TEACHER_CONFIG, "--warmup", "1", "--repeats", "2", *TEACHER_FAST, timeout=600))
+def test_teacher_config_benchmark(teacher_fast):
+    proc = check_ok(run_tool("benchmark", TEACHER_CONFIG, "--warmup", "1", "--repeats", "2", *teacher_fast, timeout=600))
     for stage in ("camera backbone", "view transform", "lidar encoder", "fuser", "decoder", "heads"):
         assert f"| {stage}" in proc.stdout, proc.stdout
 
 
-@needs_teacher
-def test_teacher_config_resume_matches_straight_run(tmp_path):
+def test_teacher_config_resume_matches_straight_run(tmp_path, teacher_fast):
     # real augmentation (image and global 3D) with random draws: the resumed run must replay them
-    args = ["--iters-per-epoch", "2", "--eval_interval", "0", *TEACHER_FAST, "--max_epochs", "2"]
+    args = ["--iters-per-epoch", "2", "--eval_interval", "0", *teacher_fast, "--max_epochs", "2"]
     straight = str(tmp_path / "straight")
     check_ok(run_tool("train", TEACHER_CONFIG, "--run-dir", straight, *args, timeout=600))
     _resume_check_dirs(straight, str(tmp_path / "resumed"), TEACHER_CONFIG, args, expected_steps=2)

@@ -15,21 +15,25 @@ import sys
 
 import pytest
 import torch
+from nuscenes_synthetic_data import synthetic_nuscenes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_CONFIG = os.path.join(REPO, "tests", "configs", "toy", "toy.yaml")
 TOY_CYCLIC_CONFIG = os.path.join(REPO, "tests", "configs", "toy", "toy_cyclic.yaml")
 TEACHER_CONFIG = os.path.join(REPO, "configs", "synthetic", "det", "centerhead", "second", "camera+lidar", "convfuser.yaml")
 BIN = os.path.dirname(sys.executable)
-# the embedded dataset the real configs read (tools/create_data.py synthetic --with-infos); override with SYNTHETIC_ROOT
-SYNTHETIC_ROOT = os.environ.get("SYNTHETIC_ROOT", os.path.join(REPO, "data", "synthetic"))
-needs_teacher = pytest.mark.skipif(
-    not os.path.isfile(TEACHER_CONFIG) or not os.path.isfile(os.path.join(SYNTHETIC_ROOT, "nuscenes_infos_train.pkl")),
-    reason=f"needs {os.path.relpath(TEACHER_CONFIG, REPO)} and the embedded dataset in {SYNTHETIC_ROOT} "
-    "(python tools/create_data.py synthetic --root-path data/synthetic --with-infos, or set SYNTHETIC_ROOT)",
-)
-# a few iterations of the teacher on CPU
-TEACHER_FAST = ["--dataset_root", SYNTHETIC_ROOT.rstrip("/") + "/", "--max_epochs", "1", "--data.workers_per_gpu", "0", "--data.samples_per_gpu", "1"]
+
+
+@pytest.fixture
+def teacher_fast(tmp_path_factory) -> list[str]:
+    """Overrides that run the synthetic teacher config for a few iterations on CPU, on the small
+    embedded dataset the test session generates (320x180 images, scaled by 1.1 to the config's
+    352-pixel width)."""
+    data = synthetic_nuscenes(tmp_path_factory)
+    # no spaces in values: torchpack dist-run passes the command through a shell-split string
+    return ["--dataset_root", data["root"].rstrip("/") + "/", "--augment2d.resize", "[[1.1,1.1],[1.1,1.1]]",
+            "--max_epochs", "1", "--data.workers_per_gpu", "0", "--data.samples_per_gpu", "1"]
+
 
 needs_mpirun = pytest.mark.skipif(
     shutil.which("mpirun") is None, reason="mpirun not found: install OpenMPI 4 (apt-get install -y openmpi-bin) for torchpack dist-run"

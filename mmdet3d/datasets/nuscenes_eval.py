@@ -159,10 +159,35 @@ def run_detection_eval(nusc, result_path: str, eval_set: str, output_dir: str,
     from nuscenes.eval.detection.evaluate import DetectionEval
 
     with open(result_path) as f:
-        check_prediction_tokens(json.load(f)["results"], split_sample_tokens(nusc, eval_set), eval_set)
+        results = json.load(f)["results"]
+    check_prediction_tokens(results, split_sample_tokens(nusc, eval_set), eval_set)
+    if not any(results.values()):
+        # The devkit cannot score an empty submission (it reads the box type off the first box);
+        # its own outcome would be AP 0 for every class and every TP error at its cap of 1.
+        return empty_metrics_summary(config_factory(eval_version), output_dir)
     evaluator = DetectionEval(nusc, config=config_factory(eval_version), result_path=result_path,
                               eval_set=eval_set, output_dir=output_dir, verbose=verbose)
     return evaluator.main(plot_examples=0, render_curves=False)
+
+
+def empty_metrics_summary(config, output_dir: str) -> dict:
+    """metrics_summary.json of a submission without a single box, in the devkit's layout."""
+    classes = list(config.class_names)
+    summary = {
+        "label_aps": {c: {str(d): 0.0 for d in config.dist_ths} for c in classes},
+        "mean_dist_aps": {c: 0.0 for c in classes},
+        "mean_ap": 0.0,
+        "label_tp_errors": {c: {err: 1.0 for err in _ERR_NAMES} for c in classes},
+        "tp_errors": {err: 1.0 for err in _ERR_NAMES},
+        "tp_scores": {err: 0.0 for err in _ERR_NAMES},
+        "nd_score": 0.0,
+        "eval_time": 0.0,
+        "cfg": config.serialize(),
+    }
+    with open(os.path.join(output_dir, "metrics_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print("no predicted boxes in the submission: every AP is 0 and every TP error 1\n" + devkit_summary_table(summary))
+    return summary
 
 
 def summarize_metrics(metrics_summary: Mapping) -> dict[str, float]:
