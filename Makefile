@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 DATA_ROOT ?= data/synthetic
 VERSION ?= v1.0-mini
 PYTEST_ARGS ?=
+DEMO_EPOCHS ?= 6
 
 .PHONY: demo test install clean-data
 
@@ -36,7 +37,7 @@ test: $(STAMP) $(MPI_STAMP)
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS) tests
 
 demo: $(STAMP)
-	$(PY) tools/demo.py --root-path $(DATA_ROOT) --version $(VERSION)
+	$(PY) tools/demo.py --root-path $(DATA_ROOT) --version $(VERSION) --epochs $(DEMO_EPOCHS)
 
 clean-data:
 	rm -rf $(DATA_ROOT)

@@ -8,7 +8,6 @@ keep their points.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +16,7 @@ import torch
 from mmdet3d.core.bbox import box_corners, points_in_boxes
 from mmdet3d.datasets.nuscenes_dataset import NuScenesDataset
 from mmdet3d.datasets.pipelines import GlobalRotScaleTrans, ImageAug3D, LoadAnnotations3D, LoadPointsFromFile, RandomFlip3D
-
-KEYFRAME = Path(__file__).resolve().parents[2] / "shared/data/nuscenes_keyframe"
-PKL = KEYFRAME / "n015-2018-07-24-11-22-45+0800.pkl"
+from keyframe_paths import KEYFRAME, PKL
 
 
 def _synthetic_sample(seed=0):

@@ -12,14 +12,14 @@ import torch
 from mmdet3d.datasets.builder import PIPELINES
 from mmdet3d.models import build_model
 from mmdet3d.utils.config import load_config
+from keyframe_paths import KEYFRAME
+from keyframe_paths import PKL as KEYFRAME_PKL
 from model_inputs import make_batch, one_thread  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml") if p.name != "default.yaml")
 SYNTHETIC = [c for c in SHIPPED if c.startswith("configs/synthetic/")]
 NUSCENES = [c for c in SHIPPED if c.startswith("configs/nuscenes/")]
-KEYFRAME = ROOT.parents[0] / "shared/data/nuscenes_keyframe"
-KEYFRAME_PKL = KEYFRAME / "n015-2018-07-24-11-22-45+0800.pkl"
 
 RUNTIME_KEYS = ["seed", "deterministic", "max_epochs", "optimizer.type", "optimizer.lr", "optimizer.weight_decay",
                 "optimizer_config.grad_clip.max_norm", "lr_config.policy", "eval_interval", "checkpoint_interval",

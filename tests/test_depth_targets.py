@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +19,7 @@ from mmdet3d.datasets.pipelines import (
     collate,
 )
 from mmdet3d.datasets.pipelines.depth_targets import nearest_point_per_cell, nearest_point_per_cell_reference
-
-KEYFRAME = Path(__file__).resolve().parents[2] / "shared/data/nuscenes_keyframe"
-PKL = KEYFRAME / "n015-2018-07-24-11-22-45+0800.pkl"
+from keyframe_paths import KEYFRAME, PKL
 
 
 def _scene(seed):

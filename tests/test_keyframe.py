@@ -12,12 +12,11 @@ from mmdet3d.core.points import load_points
 from mmdet3d.datasets.mmdet3d_v1_infos import load_mmdet3d_v1_infos
 from mmdet3d.datasets.nuscenes_dataset import NuScenesDataset
 from mmdet3d.datasets.nuscenes_utils import CAMERA_NAMES
+from keyframe_paths import KEYFRAME, PKL, needs_keyframe
 
-KEYFRAME = Path(__file__).resolve().parents[2] / "shared/data/nuscenes_keyframe"
-PKL = KEYFRAME / "n015-2018-07-24-11-22-45+0800.pkl"
 TOKEN = "ca9a282c9e77460f8360f564131a8af5"
 
-pytestmark = pytest.mark.skipif(not PKL.is_file(), reason=f"real nuScenes keyframe not found at {KEYFRAME}")
+pytestmark = needs_keyframe
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,11 +32,8 @@ from mmdet3d.datasets.pipelines import (
     RandomFlip3D,
     collate,
 )
+from keyframe_paths import KEYFRAME, PKL, needs_keyframe
 from nuscenes_synthetic_data import synthetic_nuscenes
-
-KEYFRAME = Path(__file__).resolve().parents[2] / "shared/data/nuscenes_keyframe"
-PKL = KEYFRAME / "n015-2018-07-24-11-22-45+0800.pkl"
-needs_keyframe = pytest.mark.skipif(not PKL.is_file(), reason=f"real nuScenes keyframe not found at {KEYFRAME}")
 
 
 def _objects(boxes, labels, names=None):

@@ -19,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mmdet3d.apis.checkpoint import load_checkpoint_file, load_model_weights  # noqa: E402
-from mmdet3d.apis.data import build_test_loader  # noqa: E402
+from mmdet3d.apis.data import build_test_loader_from_config  # noqa: E402
 from mmdet3d.apis.runner import (  # noqa: E402
     build_dataset_from_config,
     build_model_from_config,
@@ -69,14 +69,7 @@ def main() -> None:
         load_model_weights(model, ckpt["state_dict"], strict=True, source=f"checkpoint {args.checkpoint}")
         model.to(info.device).eval()
         dataset = build_dataset_from_config(cfg, args.split)
-        data = cfg.get("data") or {}
-        loader = build_test_loader(
-            dataset,
-            samples_per_gpu=int(data.get("samples_per_gpu", 1)),
-            workers_per_gpu=int(data.get("workers_per_gpu", 0)),
-            rank=info.rank,
-            world_size=info.world_size,
-        )
+        loader = build_test_loader_from_config(dataset, cfg, rank=info.rank, world_size=info.world_size)
         logger.info(f"testing {args.checkpoint} on data.{args.split} ({len(dataset)} samples) with {info.world_size} process(es) on {info.device}")
         results = inference(model, loader, info.device, desc=args.split)
 

@@ -9,11 +9,11 @@ and each DataLoader worker gets ``base_seed + worker_id`` from a generator seede
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
 
 __all__ = [
     "derive_seed",
@@ -22,6 +22,7 @@ __all__ = [
     "resolve_collate",
     "build_train_loader",
     "build_test_loader",
+    "build_test_loader_from_config",
     "start_epoch",
     "set_epoch_recursive",
     "to_device",
@@ -103,8 +104,8 @@ def set_epoch_recursive(dataset: Any, epoch: int) -> int:
     return visit(dataset)
 
 
-def build_train_loader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: int, rank: int, world_size: int, seed: int) -> DataLoader:
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=int(seed))
+def _build_loader(dataset: Dataset, sampler: Sampler, samples_per_gpu: int, workers_per_gpu: int, generator: torch.Generator | None = None) -> DataLoader:
+    """The DataLoader settings shared by training and testing: collate, seeded workers, no dropped tail."""
     return DataLoader(
         dataset,
         batch_size=int(samples_per_gpu),
@@ -113,9 +114,14 @@ def build_train_loader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: 
         collate_fn=resolve_collate(dataset),
         pin_memory=torch.cuda.is_available(),
         worker_init_fn=worker_init_fn,
-        generator=torch.Generator(),
+        generator=generator,
         drop_last=False,
     )
+
+
+def build_train_loader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: int, rank: int, world_size: int, seed: int) -> DataLoader:
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=int(seed))
+    return _build_loader(dataset, sampler, samples_per_gpu, workers_per_gpu, generator=torch.Generator())
 
 
 def build_test_loader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: int, rank: int, world_size: int) -> DataLoader:
@@ -124,15 +130,18 @@ def build_test_loader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: i
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
     else:
         sampler = SequentialSampler(dataset)
-    return DataLoader(
+    return _build_loader(dataset, sampler, samples_per_gpu, workers_per_gpu)
+
+
+def build_test_loader_from_config(dataset: Dataset, cfg: Mapping[str, Any], rank: int, world_size: int) -> DataLoader:
+    """``build_test_loader`` with ``data.samples_per_gpu`` [1] and ``data.workers_per_gpu`` [0] read from ``cfg``."""
+    data = cfg.get("data") or {}
+    return build_test_loader(
         dataset,
-        batch_size=int(samples_per_gpu),
-        sampler=sampler,
-        num_workers=int(workers_per_gpu),
-        collate_fn=resolve_collate(dataset),
-        pin_memory=torch.cuda.is_available(),
-        worker_init_fn=worker_init_fn,
-        drop_last=False,
+        samples_per_gpu=int(data.get("samples_per_gpu", 1)),
+        workers_per_gpu=int(data.get("workers_per_gpu", 0)),
+        rank=rank,
+        world_size=world_size,
     )
 
 

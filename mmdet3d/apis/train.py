@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mmdet3d.apis.checkpoint import load_checkpoint_file, load_model_weights, save_checkpoint, unwrap_model, update_latest_link
-from mmdet3d.apis.data import build_test_loader, build_train_loader, start_epoch, to_device
+from mmdet3d.apis.data import build_test_loader_from_config, build_train_loader, start_epoch, to_device
 from mmdet3d.apis.runner import NonFiniteLossError
 from mmdet3d.apis.test import inference
 from mmdet3d.core.lr_scheduler import build_lr_scheduler
@@ -61,14 +61,7 @@ def _lr_of_default_group(optimizer: torch.optim.Optimizer) -> float:
 
 def evaluate_model(model: nn.Module, dataset: Any, cfg: Mapping[str, Any], info: DistInfo, out_dir: str, desc: str = "eval") -> dict[str, Any] | None:
     """Distributed inference over ``dataset``; rank 0 returns ``dataset.evaluate``'s metrics, others None."""
-    data = cfg.get("data", {})
-    loader = build_test_loader(
-        dataset,
-        samples_per_gpu=int(data.get("samples_per_gpu", 1)),
-        workers_per_gpu=int(data.get("workers_per_gpu", 0)),
-        rank=info.rank,
-        world_size=info.world_size,
-    )
+    loader = build_test_loader_from_config(dataset, cfg, rank=info.rank, world_size=info.world_size)
     results = inference(model, loader, info.device, desc=desc)
     metrics = None
     if info.rank == 0:
@@ -297,27 +290,18 @@ def train_model(
     model: nn.Module,
     train_dataset: Any,
     cfg: Mapping[str, Any],
-    run_dir: str,
-    info: DistInfo,
-    logger: RunLogger,
-    val_dataset: Any = None,
+    *,
     resume_from: str | None = None,
     load_from: str | None = None,
-    max_iters_per_epoch: int | None = None,
-    debug_rank_dumps: bool = False,
+    **trainer_args: Any,
 ) -> dict[str, Any]:
-    """Train ``model`` for ``cfg['max_epochs']`` epochs; returns a summary (epochs, steps, last metrics)."""
-    trainer = Trainer(
-        model,
-        train_dataset,
-        cfg,
-        run_dir=run_dir,
-        info=info,
-        logger=logger,
-        val_dataset=val_dataset,
-        max_iters_per_epoch=max_iters_per_epoch,
-        debug_rank_dumps=debug_rank_dumps,
-    )
+    """Train ``model`` for ``cfg['max_epochs']`` epochs; returns a summary (epochs, steps, last metrics).
+
+    ``trainer_args``: the keyword arguments of ``Trainer`` (``run_dir``, ``info``, ``logger``,
+    ``val_dataset``, ``max_iters_per_epoch``, ``debug_rank_dumps``). ``load_from`` loads weights
+    only and is ignored when ``resume_from`` is given.
+    """
+    trainer = Trainer(model, train_dataset, cfg, **trainer_args)
     if load_from and not resume_from:
         trainer.load_weights(load_from)
     if resume_from:

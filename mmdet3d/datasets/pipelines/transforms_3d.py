@@ -156,19 +156,24 @@ def _filter_objects(results: dict, keep: torch.Tensor) -> None:
         results["gt_names"] = np.asarray(results["gt_names"])[keep.numpy()]
 
 
-def _check_range(point_cloud_range: Sequence[float], step: str) -> list[float]:
-    pcr = [float(v) for v in point_cloud_range]
-    if len(pcr) != 6 or not all(lo < hi for lo, hi in zip(pcr[:3], pcr[3:])):
-        raise ValueError(f"{step}: point_cloud_range must be [x_min, y_min, z_min, x_max, y_max, z_max], got {point_cloud_range}")
-    return pcr
+class _RangeFilter:
+    """A pipeline step holding a checked ``point_cloud_range`` ``[x_min, y_min, z_min, x_max, y_max, z_max]``."""
+
+    def __init__(self, point_cloud_range: Sequence[float]):
+        pcr = [float(v) for v in point_cloud_range]
+        if len(pcr) != 6 or not all(lo < hi for lo, hi in zip(pcr[:3], pcr[3:])):
+            raise ValueError(
+                f"{type(self).__name__}: point_cloud_range must be [x_min, y_min, z_min, x_max, y_max, z_max], got {point_cloud_range}"
+            )
+        self.point_cloud_range = pcr
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(point_cloud_range={self.point_cloud_range})"
 
 
 @PIPELINES.register_module()
-class PointsRangeFilter:
+class PointsRangeFilter(_RangeFilter):
     """Keep points strictly inside ``point_cloud_range`` ``[x_min, y_min, z_min, x_max, y_max, z_max]``."""
-
-    def __init__(self, point_cloud_range: Sequence[float]):
-        self.point_cloud_range = _check_range(point_cloud_range, type(self).__name__)
 
     def __call__(self, results: dict) -> dict:
         points = results["points"]
@@ -178,16 +183,10 @@ class PointsRangeFilter:
         results["points"] = points[keep]
         return results
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(point_cloud_range={self.point_cloud_range})"
-
 
 @PIPELINES.register_module()
-class ObjectRangeFilter:
+class ObjectRangeFilter(_RangeFilter):
     """Keep boxes whose BEV centre is strictly inside the x/y extent of ``point_cloud_range``."""
-
-    def __init__(self, point_cloud_range: Sequence[float]):
-        self.point_cloud_range = _check_range(point_cloud_range, type(self).__name__)
 
     def __call__(self, results: dict) -> dict:
         boxes = results["gt_bboxes_3d"]
@@ -196,9 +195,6 @@ class ObjectRangeFilter:
         _filter_objects(results, keep)
         results["gt_bboxes_3d"][:, 6] = wrap_yaw(results["gt_bboxes_3d"][:, 6])
         return results
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(point_cloud_range={self.point_cloud_range})"
 
 
 @PIPELINES.register_module()

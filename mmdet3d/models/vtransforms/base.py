@@ -131,6 +131,11 @@ class BaseTransform(nn.Module):
     def get_depth_and_context(self, img_feats: torch.Tensor, batch: dict):
         raise NotImplementedError
 
+    def split_depth_context(self, out: torch.Tensor, batch_size: int, num_cams: int):
+        """Depth-net output (B*N, D + C, fH, fW) -> depth logits (B, N, D, fH, fW), context (B, N, C, fH, fW)."""
+        out = out.view(batch_size, num_cams, *out.shape[1:])  # (B*N, D + C, fH, fW) -> (B, N, D + C, fH, fW)
+        return out[:, :, : self.num_depth_bins], out[:, :, self.num_depth_bins :]
+
     def _pool_structure(self, batch: dict) -> BEVPoolGeometry:
         matrices = self.geometry_matrices(batch)
         if not self.training and self._cache is not None:

@@ -1,8 +1,6 @@
 """DepthLSSTransform: lift-splat whose depth net also sees the sparse LiDAR depth image (BEVFusion)."""
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import nn
 
@@ -59,26 +57,10 @@ class DepthLSSTransform(BaseTransform):
     conv net down to the feature stride, is concatenated with the image features and a conv depth
     net predicts ``D`` depth logits and ``out_channels`` context features."""
 
-    def __init__(
-        self,
-        *,
-        in_channels: int,
-        out_channels: int,
-        image_size: Sequence[int],
-        feature_size: Sequence[int],
-        xbound: Sequence[float],
-        ybound: Sequence[float],
-        zbound: Sequence[float],
-        dbound: Sequence[float],
-        downsample: int = 1,
-        depth_channels: int = 64,
-        reference_pool: bool = False,
-    ):
-        super().__init__(
-            in_channels=in_channels, out_channels=out_channels, image_size=image_size,
-            feature_size=feature_size, xbound=xbound, ybound=ybound, zbound=zbound, dbound=dbound,
-            downsample=downsample, reference_pool=reference_pool,
-        )
+    def __init__(self, *, depth_channels: int = 64, **kwargs):
+        """``depth_channels``: width of the depth-image branch; other keyword arguments: those of ``BaseTransform``."""
+        super().__init__(**kwargs)
+        in_channels, out_channels = self.in_channels, self.context_channels
         stride_h, rem_h = divmod(self.image_size[0], self.feature_size[0])
         stride_w, rem_w = divmod(self.image_size[1], self.feature_size[1])
         if rem_h or rem_w or stride_h != stride_w:
@@ -106,5 +88,4 @@ class DepthLSSTransform(BaseTransform):
         ).to(img_feats.dtype)
         depth_feats = self.dtransform(depth_image.flatten(0, 1).unsqueeze(1))  # (B*N, 1, iH, iW) -> (B*N, Cd, fH, fW)
         out = self.depthnet(torch.cat([img_feats.flatten(0, 1), depth_feats], dim=1))  # (B*N, D + C, fH, fW)
-        out = out.view(batch_size, num_cams, *out.shape[1:])
-        return out[:, :, : self.num_depth_bins], out[:, :, self.num_depth_bins :]
+        return self.split_depth_context(out, batch_size, num_cams)
