@@ -23,17 +23,19 @@ import pickle
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmdet3d.apis.benchmark import timed_call  # noqa: E402
 from mmdet3d.models.vtransforms import LSSTransform  # noqa: E402
 from mmdet3d.ops.bev_pool import BEVPoolGeometry, bev_pool_reference  # noqa: E402
 
-KEYFRAME_DIR = os.environ.get("NUSCENES_KEYFRAME", "/work/shared/data/nuscenes_keyframe")
+# shared/data beside the checkout, as the tests read it
+KEYFRAME_DIR = os.environ.get(
+    "NUSCENES_KEYFRAME", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "nuscenes_keyframe"))
 GRID = dict(xbound=[-54.0, 54.0, 0.6], ybound=[-54.0, 54.0, 0.6], zbound=[-10.0, 10.0, 20.0])
 DBOUND = [1.0, 60.0, 0.5]
 IMAGE, FEATURE, CHANNELS = (256, 704), (32, 88), 80
@@ -144,21 +146,13 @@ def peak_memory_mb(name: str, batch_size: int, device: str) -> float:
 def time_cases(runs: dict, repeat: int, device: str) -> dict:
     """Interleaved rounds (every case once per round) so that load from other processes spreads
     over all cases; returns per case (min, median) seconds."""
-    def timed(run):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        run()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
+    sync = device.startswith("cuda")
     for run in runs.values():
         run()  # warm-up
     times = {name: [] for name in runs}
     for _ in range(repeat):
         for name, run in runs.items():
-            times[name].append(timed(run))
+            times[name].append(timed_call(run, sync))
     return {name: (min(t), statistics.median(t)) for name, t in times.items()}
 
 

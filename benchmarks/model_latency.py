@@ -20,7 +20,6 @@ import os
 import resource
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from keyframe_paths import KEYFRAME  # noqa: E402
+from mmdet3d.apis.benchmark import timed_call  # noqa: E402
+from mmdet3d.apis.data import to_device  # noqa: E402
 from mmdet3d.models import build_model  # noqa: E402
 from mmdet3d.utils.config import load_config  # noqa: E402
 
@@ -36,7 +38,6 @@ DEFAULT_CONFIGS = [
     "configs/nuscenes/det/centerhead/lssfpn/camera+lidar/resnet50/convfuser.yaml",
     "configs/nuscenes/det/centerhead/lssfpn/camera/resnet50/lss.yaml",
 ]
-KEYFRAME = ROOT.parent / "shared/data/nuscenes_keyframe"
 
 
 def keyframe_batch(cfg: dict, keyframe: Path, batch_size: int) -> dict | None:
@@ -59,16 +60,6 @@ def random_batch(cfg: dict, batch_size: int) -> dict:
                       num_boxes=(20,), extent=extent * 0.9, num_points=30000)
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    def move(v):
-        if isinstance(v, torch.Tensor):
-            return v.to(device)
-        if isinstance(v, list):
-            return [move(x) for x in v]
-        return v
-    return {k: move(v) for k, v in batch.items()}
-
-
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
@@ -82,19 +73,14 @@ def measure(model, batch: dict, device: torch.device, train: bool, warmup: int, 
         else:
             with torch.no_grad():
                 model(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
+    sync = device.type == "cuda"
     model.train(train)
     for _ in range(warmup):
-        step()
-    if device.type == "cuda":
+        timed_call(step, sync)
+    if sync:
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    times = [timed_call(step, sync) for _ in range(repeats)]
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mib()
     return {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times), "max_ms": 1000 * max(times),
             "peak_mib": peak}

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_STAGES", "StageTimer", "measure_latency", "format_latency_table", "find_stage_prefix"]
+__all__ = ["DEFAULT_STAGES", "StageTimer", "timed_call", "measure_latency", "format_latency_table", "find_stage_prefix"]
 
 DEFAULT_STAGES: list[tuple[str, str]] = [
     ("camera backbone", "encoders.camera.backbone"),
@@ -28,15 +28,21 @@ DEFAULT_STAGES: list[tuple[str, str]] = [
 ]
 
 
+def timed_call(fn: Callable[[], Any], sync: bool = False) -> float:
+    """Wall seconds of ``fn()``; with ``sync`` bracketed by ``torch.cuda.synchronize()`` (device time)."""
+    if sync:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if sync:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def _get_submodule(model: nn.Module, dotted: str) -> nn.Module | None:
-    node: Any = model
+    node: nn.Module | None = model
     for part in dotted.split("."):
-        if isinstance(node, (nn.ModuleDict, nn.ModuleList)) and part in node._modules:
-            node = node._modules[part]
-        elif isinstance(node, nn.Module) and part in node._modules:
-            node = node._modules[part]
-        else:
-            return None
+        node = node._modules.get(part)
         if node is None:
             return None
     return node
@@ -131,13 +137,7 @@ def measure_latency(
     try:
         for i in range(warmup + repeats):
             timer.reset()
-            if sync:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            model(batch)
-            if sync:
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - start
+            elapsed = timed_call(lambda: model(batch), sync)
             if i >= warmup:
                 totals.append(elapsed)
                 for label in timer.stages:

@@ -24,6 +24,7 @@ from torch import nn
 __all__ = [
     "CheckpointError",
     "unwrap_model",
+    "cpu_state_dict",
     "save_checkpoint",
     "update_latest_link",
     "find_latest_checkpoint",
@@ -45,6 +46,11 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The unwrapped model's weights and buffers, detached, on the CPU."""
+    return {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
+
+
 def save_checkpoint(
     path: str,
     model: nn.Module,
@@ -55,7 +61,7 @@ def save_checkpoint(
 ) -> str:
     """Write a checkpoint atomically; returns ``path``."""
     state = {
-        "state_dict": {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()},
+        "state_dict": cpu_state_dict(model),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "stepper": stepper.state_dict() if stepper is not None else None,
@@ -104,12 +110,15 @@ def find_latest_checkpoint(run_dir: str) -> str | None:
     return os.path.join(run_dir, max(epochs)[1]) if epochs else None
 
 
-def load_checkpoint_file(path: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint; a bare state dict is wrapped as ``{"state_dict": ...}``."""
+def load_checkpoint_file(path: str, map_location: str | torch.device = "cpu", weights_only: bool = False) -> dict[str, Any]:
+    """Read a checkpoint; a bare state dict is wrapped as ``{"state_dict": ...}``.
+
+    ``weights_only`` is ``torch.load``'s (True for third-party weights: tensors and plain containers only).
+    """
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=weights_only)
     except Exception as e:  # truncated file, not a torch file, ...
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from None
     if not isinstance(ckpt, Mapping):

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mmdet3d.apis.checkpoint import load_checkpoint_file, load_model_weights, save_checkpoint, unwrap_model, update_latest_link
+from mmdet3d.apis.checkpoint import cpu_state_dict, load_checkpoint_file, load_model_weights, save_checkpoint, update_latest_link
 from mmdet3d.apis.data import build_test_loader_from_config, build_train_loader, start_epoch, to_device
 from mmdet3d.apis.runner import NonFiniteLossError
 from mmdet3d.apis.test import inference
@@ -89,7 +89,7 @@ def _check_finite(terms: dict[str, torch.Tensor], epoch: int, iteration: int, st
 def _dump_rank_state(run_dir: str, model: nn.Module, tag: str) -> None:
     path = os.path.join(run_dir, "debug", f"rank{dist.get_rank()}_{tag}.pth")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}, path)
+    torch.save(cpu_state_dict(model), path)
 
 
 class Trainer:

@@ -31,6 +31,7 @@ from mmdet3d.utils.config import ConfigError
 __all__ = ["build_optimizer", "parse_paramwise_cfg", "GradientStepper"]
 
 _OPTIMIZERS = {"AdamW": torch.optim.AdamW, "Adam": torch.optim.Adam, "SGD": torch.optim.SGD}
+_NO_RULE = {"lr_mult": 1.0, "decay_mult": 1.0}
 
 
 def parse_paramwise_cfg(paramwise_cfg: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
@@ -96,7 +97,7 @@ def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opt
     for prefix, params in groups.items():
         if not params:
             continue
-        rule = rules.get(prefix, {"lr_mult": 1.0, "decay_mult": 1.0}) if prefix else {"lr_mult": 1.0, "decay_mult": 1.0}
+        rule = rules.get(prefix, _NO_RULE)  # prefix None: the parameters no rule matches
         param_groups.append(
             {
                 "params": params,
@@ -142,7 +143,6 @@ class GradientStepper:
         self.iters_per_epoch = iters_per_epoch
         self.fp16 = bool(fp16)
         self.scaler = torch.amp.GradScaler("cuda") if self.fp16 else None
-        self._count = 0  # iterations accumulated since the last step
         self.last_grad_norm: float | None = None
 
     def group_size(self, iter_in_epoch: int) -> int:
@@ -178,7 +178,6 @@ class GradientStepper:
             self.scaler.scale(loss).backward()
         else:
             loss.backward()
-        self._count += 1
         if not self.is_step_iter(iter_in_epoch):
             return False
         self.step()
@@ -200,7 +199,6 @@ class GradientStepper:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scheduler is not None:
             self.scheduler.step()
-        self._count = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"scaler": self.scaler.state_dict() if self.scaler is not None else None}

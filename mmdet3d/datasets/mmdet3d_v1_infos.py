@@ -135,7 +135,8 @@ def load_mmdet3d_v1_infos(pkl_path: str, data_root: str | None = None) -> list[d
 
 def convert_v1_data(data: dict, pkl_path: str, data_root: str | None = None) -> list[dict]:
     """The loaded ``{"metainfo", "data_list"}`` dict of ``pkl_path`` -> list of info dicts."""
-    data_root = os.path.dirname(os.path.abspath(pkl_path)) if data_root is None else data_root
+    # Absolute, so that the dataset's join with its (possibly relative) root leaves the paths as they are.
+    data_root = os.path.abspath(os.path.dirname(pkl_path) if data_root is None else data_root)
     metainfo = data.get("metainfo", {})
     categories = metainfo.get("categories")
     if not isinstance(categories, dict):

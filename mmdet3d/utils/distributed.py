@@ -65,7 +65,10 @@ class DistInfo:
 _INFO = DistInfo(launcher="none")
 
 
-def _env_int(name: str) -> int:
+def _env_int(name: str, default: int | None = None) -> int:
+    """``int($name)``; ``default`` when the variable is unset and a default is given."""
+    if default is not None and name not in os.environ:
+        return default
     value = os.environ.get(name)
     try:
         return int(value)  # type: ignore[arg-type]
@@ -103,8 +106,7 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0) 
     launcher = detect_launcher()
     if launcher == "torchpack":
         rank, world_size = _env_int("OMPI_COMM_WORLD_RANK"), _env_int("OMPI_COMM_WORLD_SIZE")
-        local_rank = _env_int("OMPI_COMM_WORLD_LOCAL_RANK") if "OMPI_COMM_WORLD_LOCAL_RANK" in os.environ else 0
-        local_size = _env_int("OMPI_COMM_WORLD_LOCAL_SIZE") if "OMPI_COMM_WORLD_LOCAL_SIZE" in os.environ else world_size
+        local_rank, local_size = _env_int("OMPI_COMM_WORLD_LOCAL_RANK", 0), _env_int("OMPI_COMM_WORLD_LOCAL_SIZE", world_size)
         master = os.environ.get("MASTER_HOST")
         if world_size > 1 and not master:
             raise DistributedSetupError(
@@ -114,8 +116,7 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0) 
         init_method = f"tcp://{master}"
     elif launcher == "torchrun":
         rank, world_size = _env_int("RANK"), _env_int("WORLD_SIZE")
-        local_rank = _env_int("LOCAL_RANK") if "LOCAL_RANK" in os.environ else 0
-        local_size = _env_int("LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in os.environ else world_size
+        local_rank, local_size = _env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", world_size)
         for name in ("MASTER_ADDR", "MASTER_PORT"):
             if world_size > 1 and name not in os.environ:
                 raise DistributedSetupError(f"RANK/WORLD_SIZE are set but {name} is not (launch with torchrun)")

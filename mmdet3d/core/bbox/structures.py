@@ -52,33 +52,32 @@ def bev_corners(boxes) -> torch.Tensor:
     return box_corners(boxes)[:, :4, :2]
 
 
-def points_in_boxes(points, boxes, eps: float = 0.0) -> torch.Tensor:
+def points_in_boxes(points, boxes, eps: float = 0.0, chunk: int = 65536) -> torch.Tensor:
     """(P, >=3) points, (N, >=7) boxes -> (P, N) bool: point p lies inside box n.
 
-    A point on a face counts as inside (closed box), as in nuScenes' ``points_in_box``.
+    A point on a face counts as inside (closed box), as in nuScenes' ``points_in_box``. Points go
+    ``chunk`` at a time so that the float64 (chunk, N, 3) intermediates stay bounded.
     """
     points, boxes = _as_tensor(points), _as_tensor(boxes)
     dtype = torch.float64
-    xyz = points[:, :3].to(dtype)
     b = boxes[:, :7].to(dtype)
-    # Move points into each box's frame: rotate the offset by -yaw.
-    offset = xyz[:, None, :] - b[None, :, :3]  # (P, N, 3)
     c, s = torch.cos(b[:, 6]), torch.sin(b[:, 6])
-    local_x = offset[..., 0] * c + offset[..., 1] * s
-    local_y = -offset[..., 0] * s + offset[..., 1] * c
     half = b[:, 3:6] / 2 + eps
-    return (local_x.abs() <= half[:, 0]) & (local_y.abs() <= half[:, 1]) & (offset[..., 2].abs() <= half[:, 2])
+    inside = torch.zeros((points.shape[0], boxes.shape[0]), dtype=torch.bool, device=points.device)
+    for start in range(0, points.shape[0], chunk):
+        # Move points into each box's frame: rotate the offset by -yaw.
+        offset = points[start:start + chunk, None, :3].to(dtype) - b[None, :, :3]  # (chunk, N, 3)
+        local_x = offset[..., 0] * c + offset[..., 1] * s
+        local_y = -offset[..., 0] * s + offset[..., 1] * c
+        inside[start:start + chunk] = (
+            (local_x.abs() <= half[:, 0]) & (local_y.abs() <= half[:, 1]) & (offset[..., 2].abs() <= half[:, 2])
+        )
+    return inside
 
 
 def count_points_in_boxes(points, boxes, chunk: int = 65536) -> torch.Tensor:
-    """(P, >=3), (N, >=7) -> (N,) int64 number of points inside each box, in chunks of points."""
-    points, boxes = _as_tensor(points), _as_tensor(boxes)
-    counts = torch.zeros(boxes.shape[0], dtype=torch.int64)
-    if boxes.shape[0] == 0:
-        return counts
-    for start in range(0, points.shape[0], chunk):
-        counts += points_in_boxes(points[start:start + chunk], boxes).sum(0)
-    return counts
+    """(P, >=3), (N, >=7) -> (N,) int64 number of points inside each box."""
+    return points_in_boxes(points, boxes, chunk=chunk).sum(0)
 
 
 def bottom_to_gravity_center(boxes):

@@ -48,16 +48,6 @@ def bev_boxes_collide(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     return overlap
 
 
-def _points_in_any_box(points: torch.Tensor, boxes: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-    """``(P, >=3)``, ``(M, >=7)`` -> ``(P,)`` bool, in chunks of points to bound memory."""
-    inside = torch.zeros(len(points), dtype=torch.bool)
-    if len(boxes) == 0:
-        return inside
-    for start in range(0, len(points), chunk):
-        inside[start:start + chunk] = points_in_boxes(points[start:start + chunk, :3], boxes).any(1)
-    return inside
-
-
 class DataBaseSampler:
     """Draws database objects per class (built by ``ObjectPaste`` from its ``db_sampler`` dict).
 
@@ -135,7 +125,7 @@ class DataBaseSampler:
         labels = np.array([self.classes.index(c["name"]) for c in chosen], dtype=np.int64)
         points = []
         for info, box in zip(chosen, boxes):
-            obj = load_points(os.path.join(self.db_root, info["path"]), self.load_dim).copy()
+            obj = load_points(os.path.join(self.db_root, info["path"]), self.load_dim)
             obj[:, :3] += box[:3]
             points.append(obj)
         return boxes, labels, np.concatenate(points, axis=0)
@@ -166,8 +156,11 @@ class ObjectPaste:
         boxes_t = torch.from_numpy(boxes)
         points = results["points"]
         if obj_points.shape[1] != points.shape[1]:
-            raise ValueError(f"ObjectPaste: database points have {obj_points.shape[1]} values, sample points {points.shape[1]}")
-        kept = points[~_points_in_any_box(points, boxes_t)]
+            raise ValueError(
+                f"ObjectPaste: database points of {self.db_sampler.info_path} have {obj_points.shape[1]} values "
+                f"(db_sampler load_dim), sample {results.get('token', '?')} points {points.shape[1]}"
+            )
+        kept = points[~points_in_boxes(points, boxes_t).any(1)]
         results["points"] = torch.cat([torch.from_numpy(obj_points).to(points.dtype), kept])
         results["gt_bboxes_3d"] = torch.cat([gt_boxes, boxes_t.to(gt_boxes.dtype)])
         results["gt_labels_3d"] = torch.cat([gt_labels, torch.from_numpy(labels)])
@@ -212,9 +205,7 @@ def create_groundtruth_database(
         points, boxes, names = data["points"], data["gt_bboxes_3d"], data["gt_names"]
         if len(boxes) == 0:
             continue
-        inside = torch.zeros((len(points), len(boxes)), dtype=torch.bool)
-        for start in range(0, len(points), 65536):
-            inside[start:start + 65536] = points_in_boxes(points[start:start + 65536, :3], boxes)
+        inside = points_in_boxes(points, boxes)  # (P, M)
         for k, (box, name) in enumerate(zip(boxes.numpy(), names)):
             obj = points[inside[:, k]].numpy().copy()
             obj[:, :3] -= box[:3]

@@ -35,6 +35,15 @@ def _dims(use_dim: int | Sequence[int]) -> list[int]:
     return list(range(use_dim)) if isinstance(use_dim, int) else [int(d) for d in use_dim]
 
 
+def _set_time_lag(points: np.ndarray, time_lag: float) -> np.ndarray:
+    """``(P, load_dim)`` from ``load_points`` (a fresh array, written in place) -> at least
+    ``TIME_LAG + 1`` columns with column ``TIME_LAG`` set to ``time_lag`` seconds."""
+    if points.shape[1] <= TIME_LAG:
+        points = np.concatenate([points, np.zeros((len(points), TIME_LAG + 1 - points.shape[1]), np.float32)], axis=1)
+    points[:, TIME_LAG] = time_lag
+    return points
+
+
 @PIPELINES.register_module()
 class LoadMultiViewImageFromFiles:
     """``image_paths`` (N paths) -> ``img``: list of N ``(H, W, 3)`` uint8 RGB arrays.
@@ -80,12 +89,7 @@ class LoadPointsFromFile:
 
     def __call__(self, results: dict) -> dict:
         path = _require(results, "lidar_path", type(self).__name__)
-        points = load_points(path, self.load_dim)
-        if self.load_dim <= TIME_LAG:
-            points = np.concatenate([points, np.zeros((len(points), TIME_LAG + 1 - self.load_dim), np.float32)], axis=1)
-        else:
-            points = points.copy()
-            points[:, TIME_LAG] = 0.0
+        points = _set_time_lag(load_points(path, self.load_dim), 0.0)
         results["points"] = torch.from_numpy(np.ascontiguousarray(points[:, self.use_dim]))
         return results
 
@@ -139,15 +143,13 @@ class LoadPointsFromMultiSweeps:
         for key in ("data_path", "timestamp", "sensor2lidar_rotation", "sensor2lidar_translation"):
             if key not in sweep:
                 raise KeyError(f"LoadPointsFromMultiSweeps: a sweep of sample {_sample_name(results)} has no {key!r}")
-        points = load_points(sweep["data_path"], self.load_dim).astype(np.float32)
-        if self.load_dim <= TIME_LAG:
-            points = np.concatenate([points, np.zeros((len(points), TIME_LAG + 1 - self.load_dim), np.float32)], axis=1)
+        time_lag = (timestamp - float(sweep["timestamp"])) / 1e6
+        points = _set_time_lag(load_points(sweep["data_path"], self.load_dim), time_lag)
         if self.remove_close:
             points = self._remove_close(points)
         rotation = np.asarray(sweep["sensor2lidar_rotation"], dtype=np.float32).reshape(3, 3)
         translation = np.asarray(sweep["sensor2lidar_translation"], dtype=np.float32).reshape(3)
         points[:, :3] = points[:, :3] @ rotation.T + translation  # float32: ~1e-5 m at 100 m
-        points[:, TIME_LAG] = (timestamp - float(sweep["timestamp"])) / 1e6
         return points[:, self.use_dim]
 
     def __call__(self, results: dict) -> dict:

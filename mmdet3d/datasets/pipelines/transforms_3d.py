@@ -36,14 +36,15 @@ def _compose_lidar_aug(results: dict, transform: np.ndarray) -> None:
     results["lidar_aug_matrix"] = (transform @ current).astype(np.float32)
 
 
-def _apply_linear(results: dict, linear: np.ndarray, translation: np.ndarray, yaw_fn, size_scale: float) -> None:
-    """Points and boxes: ``p <- linear @ p + translation`` with ``linear`` 3x3.
+def _apply_transform(results: dict, transform: np.ndarray, yaw_fn, size_scale: float) -> None:
+    """Points and boxes: ``p <- transform @ p`` (4x4: 3x3 linear part and translation), composed
+    into ``lidar_aug_matrix``.
 
     Box centres move like points, sizes scale by ``size_scale``, yaw by ``yaw_fn``, and the
-    velocity ``(vx, vy)`` by the top-left 2x2 of ``linear``.
+    velocity ``(vx, vy)`` by the top-left 2x2 of the linear part.
     """
-    lin_t = torch.from_numpy(linear.T.astype(np.float32))
-    shift = torch.from_numpy(translation.astype(np.float32))
+    lin_t = torch.from_numpy(transform[:3, :3].T.astype(np.float32))
+    shift = torch.from_numpy(transform[:3, 3].astype(np.float32))
     if "points" in results:
         points = results["points"].clone()
         points[:, :3] = torch.addmm(shift, points[:, :3], lin_t)
@@ -56,21 +57,7 @@ def _apply_linear(results: dict, linear: np.ndarray, translation: np.ndarray, ya
         if boxes.shape[1] >= 9:
             boxes[:, 7:9] = boxes[:, 7:9] @ lin_t[:2, :2]
         results["gt_bboxes_3d"] = boxes
-
-
-def _negate_axis(results: dict, axis: int, yaw_fn) -> None:
-    """Mirror points and boxes across the plane ``axis = 0`` (x: 0, y: 1); velocity component too."""
-    if "points" in results:
-        points = results["points"].clone()
-        points[:, axis] = -points[:, axis]
-        results["points"] = points
-    if "gt_bboxes_3d" in results:
-        boxes = results["gt_bboxes_3d"].clone()
-        boxes[:, axis] = -boxes[:, axis]
-        boxes[:, 6] = wrap_yaw(yaw_fn(boxes[:, 6]))
-        if boxes.shape[1] >= 9:
-            boxes[:, 7 + axis] = -boxes[:, 7 + axis]
-        results["gt_bboxes_3d"] = boxes
+    _compose_lidar_aug(results, transform)
 
 
 @PIPELINES.register_module()
@@ -101,12 +88,10 @@ class GlobalRotScaleTrans:
         theta = np.random.uniform(*self.rot_lim)
         translation = np.random.normal(0.0, self.trans_lim, size=3) if self.trans_lim > 0 else np.zeros(3)
         c, s = math.cos(theta), math.sin(theta)
-        rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-        _apply_linear(results, scale * rotation, scale * translation, lambda yaw: yaw + theta, scale)
         transform = np.eye(4)
-        transform[:3, :3] = scale * rotation
+        transform[:3, :3] = scale * np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
         transform[:3, 3] = scale * translation
-        _compose_lidar_aug(results, transform)
+        _apply_transform(results, transform, lambda yaw: yaw + theta, scale)
         return results
 
     def __repr__(self) -> str:
@@ -131,11 +116,9 @@ class RandomFlip3D:
         horizontal = bool(self.flip_horizontal and np.random.rand() < self.flip_ratio)
         vertical = bool(self.flip_vertical and np.random.rand() < self.flip_ratio)
         if horizontal:
-            _negate_axis(results, 1, lambda yaw: -yaw)
-            _compose_lidar_aug(results, np.diag([1.0, -1.0, 1.0, 1.0]))
+            _apply_transform(results, np.diag([1.0, -1.0, 1.0, 1.0]), lambda yaw: -yaw, 1.0)
         if vertical:
-            _negate_axis(results, 0, lambda yaw: math.pi - yaw)
-            _compose_lidar_aug(results, np.diag([-1.0, 1.0, 1.0, 1.0]))
+            _apply_transform(results, np.diag([-1.0, 1.0, 1.0, 1.0]), lambda yaw: math.pi - yaw, 1.0)
         if not (horizontal or vertical):
             _compose_lidar_aug(results, np.eye(4))
         results["pcd_horizontal_flip"] = horizontal

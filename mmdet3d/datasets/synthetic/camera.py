@@ -11,27 +11,17 @@ import cv2
 import numpy as np
 
 from .ground import GroundTexture
-from .raycast import face_normals, ray_box
+from .raycast import UNIT_CORNERS, box_corners_np, face_normals, ray_box
 
-__all__ = ["render_camera", "box_corners_np", "NEAR_PLANE"]
+__all__ = ["render_camera", "NEAR_PLANE"]
 
 NEAR_PLANE = 0.1
 MAX_DEPTH = 200.0
 AMBIENT = 0.4
 SKY_HORIZON = np.array([205, 218, 232], dtype=np.float32)
 SKY_ZENITH = np.array([80, 130, 205], dtype=np.float32)
-_UNIT_CORNERS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
 _EDGES = np.array([(a, b) for a in range(8) for b in range(a + 1, 8)
-                   if np.abs(_UNIT_CORNERS[a] - _UNIT_CORNERS[b]).sum() == 2])  # (12, 2)
-
-
-def box_corners_np(center, half, yaw) -> np.ndarray:
-    """(M, 3), (M, 3), (M,) -> (M, 8, 3) box corners in the scene frame."""
-    c, s = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
-    local = _UNIT_CORNERS[None] * half[:, None, :]
-    x = c * local[..., 0] - s * local[..., 1] + center[:, None, 0]
-    y = s * local[..., 0] + c * local[..., 1] + center[:, None, 1]
-    return np.stack([x, y, local[..., 2] + center[:, None, 2]], axis=-1)
+                   if np.abs(UNIT_CORNERS[a] - UNIT_CORNERS[b]).sum() == 2])  # (12, 2) of ``box_corners_np``
 
 
 def _screen_windows(corners_cam, K, width, height):

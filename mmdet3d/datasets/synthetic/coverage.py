@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..nuscenes_utils import NUSCENES_CLASSES
+
 __all__ = ["DETECTION_CLASSES", "CLASS_RANGE", "RANGE_MARGIN", "MIN_POINTS", "half_window", "chain_positions",
            "objects_in_range", "class_coverage"]
 
-DETECTION_CLASSES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
-                     "pedestrian", "traffic_cone")
+DETECTION_CLASSES = NUSCENES_CLASSES  # devkit order
 CLASS_RANGE = {"car": 50.0, "truck": 50.0, "bus": 50.0, "trailer": 50.0, "construction_vehicle": 50.0,
                "pedestrian": 40.0, "motorcycle": 40.0, "bicycle": 40.0, "traffic_cone": 30.0, "barrier": 30.0}
 RANGE_MARGIN = 0.85  # anchors stay within this fraction of their class range

@@ -12,6 +12,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import numpy as np
 from tqdm import tqdm
 
+from ..nuscenes_utils import TRAIN_VAL_SPLITS
 from .rig import CAMERA_CHANNELS, LIDAR_CHANNEL
 from .tables import static_tables
 from .writer import SWEEP_PERIOD_US, SceneTask, generate_scene
@@ -37,7 +38,7 @@ def select_scenes(version: str, num_scenes: int | None = None) -> list[tuple[str
 
     if version not in SUPPORTED_VERSIONS:
         raise ValueError(f"unknown nuScenes version {version!r}; supported versions: {', '.join(SUPPORTED_VERSIONS)}")
-    train, val = (splits.mini_train, splits.mini_val) if version == "v1.0-mini" else (splits.train, splits.val)
+    train, val = (getattr(splits, split) for split in TRAIN_VAL_SPLITS[version])
     total = len(train) + len(val)
     if num_scenes is None:
         num_scenes = total
@@ -158,7 +159,8 @@ def generate_dataset(root_path: str, version: str = "v1.0-mini", num_scenes: int
     """
     start = time.time()
     scenes = select_scenes(version, num_scenes)
-    if int(keyframes_per_scene) < 2:
+    keyframes = int(keyframes_per_scene)
+    if keyframes < 2:
         raise ValueError(f"keyframes_per_scene={keyframes_per_scene!r} must be at least 2 "
                          "(velocities need two keyframes)")
     width, height = (int(v) for v in image_size)
@@ -166,17 +168,17 @@ def generate_dataset(root_path: str, version: str = "v1.0-mini", num_scenes: int
         raise ValueError(f"image_size={tuple(image_size)!r} is too small; expected (W, H) of at least 16 pixels")
     root = os.path.abspath(root_path)
     _prepare_root(root, version)
-    tasks = [SceneTask(root, i, name, int(keyframes_per_scene), (width, height), int(seed))
+    tasks = [SceneTask(root, i, name, keyframes, (width, height), int(seed))
              for i, (name, _) in enumerate(scenes)]
     if workers is None:
         workers = min(2, os.cpu_count() or 1, len(tasks))
-    bar = tqdm(total=len(tasks) * int(keyframes_per_scene), desc="synthetic nuScenes samples", unit="sample",
+    bar = tqdm(total=len(tasks) * keyframes, desc="synthetic nuScenes samples", unit="sample",
                disable=not progress)
     try:
         if workers <= 1:
             results = [generate_scene(task, progress=lambda: bar.update(1)) for task in tasks]
         else:
-            results = _run_parallel(tasks, workers, lambda: bar.update(int(keyframes_per_scene)))
+            results = _run_parallel(tasks, workers, lambda: bar.update(keyframes))
     finally:
         bar.close()
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .camera import box_corners_np
 from .ground import GROUND_INTENSITY, GroundTexture
-from .raycast import ray_box
+from .raycast import box_corners_np, ray_box
 
 __all__ = ["SpinningLidar"]
 

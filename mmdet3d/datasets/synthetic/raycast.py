@@ -1,4 +1,5 @@
-"""Ray-box intersection shared by the camera renderer and the LiDAR, so both see one geometry.
+"""Ray-box intersection and box corners shared by the camera renderer and the LiDAR, so both
+see one geometry.
 
 Boxes are ``(center (3,), half (3,), yaw)`` in the scene frame, rotated about +z only. Faces
 are numbered ``2 * axis + (1 if the face looks towards +axis else 0)`` in the box frame.
@@ -7,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ray_box", "face_normals"]
+__all__ = ["ray_box", "face_normals", "box_corners_np", "UNIT_CORNERS"]
+
+UNIT_CORNERS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
 
 
 def ray_box(origin, dx, dy, dz, center, half, yaw, with_face: bool = True):
@@ -48,3 +51,12 @@ def face_normals(yaw: float) -> np.ndarray:
     c, s = np.cos(yaw), np.sin(yaw)
     ex, ey, ez = np.array([c, s, 0.0]), np.array([-s, c, 0.0]), np.array([0.0, 0.0, 1.0])
     return np.stack([-ex, ex, -ey, ey, -ez, ez])
+
+
+def box_corners_np(center, half, yaw) -> np.ndarray:
+    """(M, 3), (M, 3), (M,) -> (M, 8, 3) box corners in the scene frame, in ``UNIT_CORNERS`` order."""
+    c, s = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
+    local = UNIT_CORNERS[None] * half[:, None, :]
+    x = c * local[..., 0] - s * local[..., 1] + center[:, None, 0]
+    y = s * local[..., 0] + c * local[..., 1] + center[:, None, 1]
+    return np.stack([x, y, local[..., 2] + center[:, None, 2]], axis=-1)

@@ -39,12 +39,6 @@ MIN_COVERED = 0.5  # fraction of keyframes in which every class must be seen (se
 MAX_ATTEMPTS = 8
 START_US = 1_704_067_200_000_000  # 2024-01-01 00:00 UTC
 LOCATIONS = ("boston-seaport", "singapore-onenorth", "singapore-queenstown", "singapore-hollandvillage")
-DETECTION_NAME = {  # nuScenes category -> detection class (devkit mapping, restricted to what we make)
-    "vehicle.car": "car", "vehicle.truck": "truck", "vehicle.construction": "construction_vehicle",
-    "vehicle.bus.rigid": "bus", "vehicle.trailer": "trailer", "movable_object.barrier": "barrier",
-    "vehicle.motorcycle": "motorcycle", "vehicle.bicycle": "bicycle", "human.pedestrian.adult": "pedestrian",
-    "human.pedestrian.construction_worker": "pedestrian", "movable_object.trafficcone": "traffic_cone",
-}
 
 
 @dataclass
@@ -80,12 +74,21 @@ class SceneWorld:
     layout: SceneLayout
     ground: GroundTexture
     scene2global: np.ndarray  # (3, 3) planar homogeneous transform
-    theta: float  # heading of the scene frame in the global frame
     t0: int  # timestamp of the first keyframe (us)
     logfile: str
     location: str
     keyframe_scans: list  # per keyframe: LiDAR ``(points, owner)`` as ``SpinningLidar.cast`` returns
     coverage: np.ndarray  # (keyframes, 10) bool, ``coverage.class_coverage`` of the keyframe scans
+
+    @property
+    def theta(self) -> float:
+        """Heading of the scene frame in the global frame."""
+        return float(np.arctan2(self.scene2global[1, 0], self.scene2global[0, 0]))
+
+
+def _num_sweeps(keyframes: int) -> int:
+    """LiDAR sweeps of a scene, from the first keyframe's to the last's."""
+    return (keyframes - 1) * SWEEPS_PER_KEYFRAME + 1
 
 
 def _sweep_time(k: int) -> float:
@@ -117,22 +120,22 @@ def build_world(seed: int, index: int, keyframes: int) -> SceneWorld:
 
 def _draw_world(seed: int, index: int, keyframes: int, attempt: int) -> SceneWorld:
     rng = np.random.default_rng([seed, index] if attempt == 0 else [seed, index, 2, attempt])
-    duration = _sweep_time((keyframes - 1) * SWEEPS_PER_KEYFRAME)
+    duration = _sweep_time(_num_sweeps(keyframes) - 1)
     layout = build_scene(rng, duration)
     ground = build_ground(rng, layout.x_range, layout.sun)
     s2g = _scene_to_global(rng, layout.x_range)
     t0 = START_US + index * 3_600_000_000
     stamp = datetime.datetime.fromtimestamp(t0 * 1e-6, datetime.timezone.utc).strftime("%Y-%m-%d-%H-%M-%S")
-    lidar, scans, counts = SpinningLidar(), [], []
-    for k in range(0, (keyframes - 1) * SWEEPS_PER_KEYFRAME + 1, SWEEPS_PER_KEYFRAME):
+    lidar, times, scans, counts = SpinningLidar(), [], [], []
+    for k in range(0, _num_sweeps(keyframes), SWEEPS_PER_KEYFRAME):
         t = _sweep_time(k)
         points, owner = lidar.cast(layout.boxes_at(t), ground, ego_to_scene(layout, t) @ sensor2ego(LIDAR_CHANNEL),
                                    _sweep_rng(seed, index, k))
+        times.append(t)
         scans.append((points, owner))
         counts.append(np.bincount(owner[owner >= 0], minlength=len(layout.labels)))
-    times = [_sweep_time(k) for k in range(0, len(scans) * SWEEPS_PER_KEYFRAME, SWEEPS_PER_KEYFRAME)]
-    return SceneWorld(layout=layout, ground=ground, scene2global=s2g, theta=float(np.arctan2(s2g[1, 0], s2g[0, 0])),
-                      t0=t0, logfile=f"syn{seed % 1000:03d}-{stamp}+0000",
+    return SceneWorld(layout=layout, ground=ground, scene2global=s2g, t0=t0,
+                      logfile=f"syn{seed % 1000:03d}-{stamp}+0000",
                       location=LOCATIONS[int(rng.integers(len(LOCATIONS)))], keyframe_scans=scans,
                       coverage=class_coverage(layout, times, counts))
 
@@ -165,15 +168,16 @@ def generate_scene(task: SceneTask, progress=None) -> dict:
     tables["log"].append(dict(token=log_token, logfile=logfile, vehicle="syn-ego", date_captured=logfile[7:17],
                               location=location))
     tables["map"].append(dict(token=map_token, category="semantic_prior", filename=map_file, log_tokens=[log_token]))
+    intrinsics = {ch: camera_intrinsic(ch, task.image_size) for ch in CAMERA_CHANNELS}
     calib = {}
     for ch in CAMERA_CHANNELS + (LIDAR_CHANNEL,):
         cal = CALIBRATION[ch]
-        intrinsic = camera_intrinsic(ch, task.image_size).tolist() if ch != LIDAR_CHANNEL else []
+        intrinsic = intrinsics[ch].tolist() if ch != LIDAR_CHANNEL else []
         calib[ch] = tok("calibrated_sensor", ch)
         tables["calibrated_sensor"].append(dict(
             token=calib[ch], sensor_token=make_token("sensor", ch), translation=list(cal["translation"]),
             rotation=list(cal["rotation"]), camera_intrinsic=intrinsic))
-    lidar2ego = pose_matrix(CALIBRATION[LIDAR_CHANNEL]["rotation"], CALIBRATION[LIDAR_CHANNEL]["translation"])
+    lidar2ego = sensor2ego(LIDAR_CHANNEL)
     lidar = SpinningLidar()
     num_objects = len(layout.labels)
     attribute_token = {n: make_token("attribute", n) for n in ATTRIBUTES}
@@ -193,9 +197,8 @@ def generate_scene(task: SceneTask, progress=None) -> dict:
         last_sd[channel] = rec
         tables["sample_data"].append(rec)
 
-    num_sweeps = (task.keyframes - 1) * SWEEPS_PER_KEYFRAME + 1
     sample_tokens = [tok("sample", i) for i in range(task.keyframes)]
-    for k in range(num_sweeps):
+    for k in range(_num_sweeps(task.keyframes)):
         t = _sweep_time(k)
         ts = t0 + k * SWEEP_PERIOD_US
         key, sample_index = k % SWEEPS_PER_KEYFRAME == 0, int(np.floor(k / SWEEPS_PER_KEYFRAME + 0.5))
@@ -207,8 +210,7 @@ def generate_scene(task: SceneTask, progress=None) -> dict:
         if key:
             points = world.keyframe_scans[sample_index][0]
         else:
-            points, _ = lidar.cast(boxes, ground, ego2scene @ sensor2ego(LIDAR_CHANNEL),
-                                   _sweep_rng(seed, task.index, k))
+            points, _ = lidar.cast(boxes, ground, ego2scene @ lidar2ego, _sweep_rng(seed, task.index, k))
         stats["lidar_points"].append(len(points))
         folder = "samples" if key else "sweeps"
         lidar_file = f"{folder}/{LIDAR_CHANNEL}/{logfile}__{LIDAR_CHANNEL}__{ts}.pcd.bin"
@@ -225,11 +227,13 @@ def generate_scene(task: SceneTask, progress=None) -> dict:
         unoccluded = np.zeros(num_objects, dtype=np.int64)
         for ch in CAMERA_CHANNELS:
             rgb, _, _, vis, unocc = render_camera(boxes, ground, layout.sun, ego2scene @ sensor2ego(ch),
-                                                  camera_intrinsic(ch, task.image_size), task.image_size, num_objects)
+                                                  intrinsics[ch], task.image_size, num_objects)
             visible += vis
             unoccluded += unocc
             ok, jpg = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, task.jpeg_quality])
             cam_file = f"samples/{ch}/{logfile}__{ch}__{ts}.jpg"
+            if not ok:
+                raise RuntimeError(f"JPEG encoding failed for {cam_file} ({task.image_size[0]}x{task.image_size[1]})")
             _write(os.path.join(task.root, cam_file), jpg.tobytes())
             add_sample_data(tok("sample_data", ch, k), sample_tokens[i], ch, ts, cam_file, True, pose)
             stats["images"] += 1
@@ -238,14 +242,14 @@ def generate_scene(task: SceneTask, progress=None) -> dict:
         if progress is not None:
             progress()
 
-    _link_instances(tracks, layout.categories, tables, stats, tok)
+    _link_instances(tracks, layout, tables, stats, tok)
     tables["scene"].append(dict(token=tok("scene"), log_token=log_token, nbr_samples=task.keyframes,
                                 first_sample_token=sample_tokens[0], last_sample_token=sample_tokens[-1], name=name,
                                 description=f"Synthetic street, {location}, ego at {layout.ego.speed[0]:.1f} m/s"))
     return dict(tables=tables, stats=stats)
 
 
-def _link_instances(tracks, categories, tables, stats, tok) -> None:
+def _link_instances(tracks, layout, tables, stats, tok) -> None:
     """Chain each object's annotations over consecutive keyframes into instances (prev/next).
 
     An object that leaves the annotated set and comes back starts a new instance, so velocities
@@ -265,9 +269,9 @@ def _link_instances(tracks, categories, tables, stats, tok) -> None:
                 rec["prev"] = records[a - 1]["token"] if a > 0 else ""
                 rec["next"] = records[a + 1]["token"] if a + 1 < len(records) else ""
             tables["sample_annotation"].extend(records)
-            det = DETECTION_NAME[categories[obj]]
+            det = layout.labels[obj]  # the detection class the devkit maps the category to
             stats["annotations"][det] = stats["annotations"].get(det, 0) + len(records)
-            tables["instance"].append(dict(token=inst, category_token=make_token("category", categories[obj]),
+            tables["instance"].append(dict(token=inst, category_token=make_token("category", layout.categories[obj]),
                                            nbr_annotations=len(records), first_annotation_token=records[0]["token"],
                                            last_annotation_token=records[-1]["token"]))
 

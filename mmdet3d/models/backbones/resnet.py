@@ -12,6 +12,8 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
+from mmdet3d.apis.checkpoint import load_checkpoint_file, load_model_weights
+
 from ..builder import BACKBONES
 from ..layers import set_bn_eval
 
@@ -73,18 +75,17 @@ class LoadReport(NamedTuple):
 def load_pretrained(module: nn.Module, checkpoint: str, prefix: str = "backbone.") -> LoadReport:
     """Load a local torchvision or mmdet checkpoint into ``module`` (non-strict) and report.
 
-    Accepts a bare state dict or one under ``state_dict``/``model``; keys starting with
-    ``prefix`` (mmdet detector checkpoints) are kept without it, and when such keys exist the
-    others (necks, heads) are ignored. Missing and unexpected keys are logged and returned.
+    Accepts a bare state dict or one under ``state_dict``/``model`` (read with ``weights_only``);
+    keys starting with ``prefix`` (mmdet detector checkpoints) are kept without it, and when such
+    keys exist the others (necks, heads) are ignored. Matching follows ``load_model_weights``: a
+    shape mismatch, or no key in common, is a ``CheckpointError``. Missing and unexpected keys
+    are logged and returned.
     """
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+    state = load_checkpoint_file(checkpoint, weights_only=True)["state_dict"]
     if any(k.startswith(prefix) for k in state):
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    result = module.load_state_dict(state, strict=False)
-    report = LoadReport(list(result.missing_keys), list(result.unexpected_keys))
+    missing, unexpected = load_model_weights(module, state, strict=False, source=f"pretrained checkpoint {checkpoint}")
+    report = LoadReport(missing, unexpected)
     if report.missing_keys or report.unexpected_keys:
         logger.warning(
             "loaded %s into %s: missing keys %s; unexpected keys %s",

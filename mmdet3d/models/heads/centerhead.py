@@ -16,6 +16,7 @@ from torch import nn
 
 from mmdet3d.core.bbox.center_point_coder import CODE_SIZES, CenterPointBoxCoder
 from mmdet3d.core.gaussian import draw_heatmap_gaussian, gaussian_radius
+from mmdet3d.ops.nms import circle_nms, nms_bev
 
 from ..builder import HEADS, LOSSES
 from ..layers import conv_bn_relu
@@ -227,8 +228,6 @@ class CenterHead(nn.Module):
         order = scores.argsort(descending=True)[: self.pre_max_size]
         if self.nms_type is None or len(order) == 0:
             return order[: self.post_max_size]
-        from mmdet3d.ops import circle_nms, nms_bev
-
         if self.nms_type == "circle":
             keep = circle_nms(boxes[order, :2], scores[order], self.nms_radius[task])
         else:
