@@ -1,6 +1,7 @@
 """The real nuScenes keyframe (mmdet3d 1.x infos) read through our loader and dataset."""
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -108,3 +109,14 @@ def test_ann_info_keeps_boxes_with_points(dataset):
     assert [dataset.object_classes[i] for i in ann["gt_labels_3d"]] == list(ann["gt_names"])
     # 30 pedestrians in the keyframe; some have no points and are dropped.
     assert 0 < (ann["gt_names"] == "pedestrian").sum() <= 30
+
+
+def test_relative_dataset_root_gives_existing_paths(tmp_path, monkeypatch):
+    """1.x infos under a relative root: paths are joined with the root once, not twice."""
+    monkeypatch.chdir(tmp_path)
+    root = os.path.relpath(KEYFRAME, tmp_path)
+    info = NuScenesDataset(root, PKL.name, test_mode=True).get_data_info(0)
+    assert os.path.isfile(info["lidar_path"]), info["lidar_path"]
+    # a doubled root can still exist when the relative path climbs to "/": check the text too
+    assert info["lidar_path"].count(KEYFRAME.name) == 1, info["lidar_path"]
+    assert all(os.path.isfile(p) for p in info["image_paths"])
