@@ -295,6 +295,14 @@ def test_compose_builds_runs_and_drops():
         Compose([42])
 
 
+def test_compose_names_step_and_sample_of_a_missing_key():
+    pipeline = Compose([dict(type="PointsRangeFilter", point_cloud_range=[-50, -50, -5, 50, 50, 3])])
+    with pytest.raises(KeyError) as e:
+        pipeline({"token": "tok42", "img": []})
+    message = str(e.value)
+    assert "PointsRangeFilter" in message and "tok42" in message and "'points'" in message and "img" in message
+
+
 def _sample(i, num_points):
     return {
         "img": torch.full((2, 3, 4, 6), float(i)),

@@ -26,7 +26,18 @@ class Compose:
 
     def __call__(self, results: dict) -> dict | None:
         for step in self.transforms:
-            results = step(results)
+            token = results.get("token", "?")
+            try:
+                results = step(results)
+            except KeyError as e:
+                if not (e.args and isinstance(e.args[0], str) and " " not in e.args[0]):
+                    raise  # already a message, not a bare key
+                # A step reading a key an earlier step should have written: name the step, the
+                # sample and what the results held, rather than a bare KeyError.
+                raise KeyError(
+                    f"pipeline step {type(step).__name__} of sample {token}: missing key {e.args[0]!r} "
+                    f"(results hold: {', '.join(sorted(results))}); check the order of the pipeline steps"
+                ) from e
             if results is None:
                 return None
         return results
