@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from keyframe_paths import KEYFRAME  # noqa: E402
+from keyframe_paths import KEYFRAME, keyframe_batch  # noqa: E402
 from mmdet3d.apis.benchmark import timed_call  # noqa: E402
 from mmdet3d.apis.data import to_device  # noqa: E402
 from mmdet3d.models import build_model  # noqa: E402
@@ -38,18 +38,6 @@ DEFAULT_CONFIGS = [
     "configs/nuscenes/det/centerhead/lssfpn/camera+lidar/resnet50/convfuser.yaml",
     "configs/nuscenes/det/centerhead/lssfpn/camera/resnet50/lss.yaml",
 ]
-
-
-def keyframe_batch(cfg: dict, keyframe: Path, batch_size: int) -> dict | None:
-    pkls = sorted(keyframe.glob("*.pkl")) if keyframe.is_dir() else []
-    if not pkls:
-        return None
-    from mmdet3d.datasets.nuscenes_dataset import NuScenesDataset
-    from mmdet3d.datasets.pipelines.formatting import collate
-
-    dataset = NuScenesDataset(str(keyframe), pkls[0].name, pipeline=cfg["test_pipeline"],
-                              object_classes=cfg["object_classes"], test_mode=False)
-    return collate([dataset[0]] * batch_size)
 
 
 def random_batch(cfg: dict, batch_size: int) -> dict:
@@ -105,7 +93,7 @@ def main(argv=None) -> list[dict]:
     rows = []
     for path in args.configs:
         cfg = load_config(str(ROOT / path) if not os.path.isabs(path) else path)
-        batch = keyframe_batch(cfg, args.keyframe, args.batch_size) if args.input == "keyframe" else None
+        batch = keyframe_batch(cfg, args.keyframe, args.batch_size, test_mode=False) if args.input == "keyframe" else None
         source = "keyframe" if batch is not None else "random"
         if batch is None:
             batch = random_batch(cfg, args.batch_size)

@@ -12,7 +12,7 @@ import torch
 from mmdet3d.datasets.builder import PIPELINES
 from mmdet3d.models import build_model
 from mmdet3d.utils.config import load_config
-from keyframe_paths import KEYFRAME
+from keyframe_paths import KEYFRAME, keyframe_batch
 from keyframe_paths import PKL as KEYFRAME_PKL
 from model_inputs import make_batch, one_thread  # noqa: F401 (fixture)
 
@@ -109,15 +109,7 @@ def keyframe_batches():
     """Per nuScenes config: the keyframe through that config's test pipeline, collated (B = 1)."""
     if not KEYFRAME_PKL.is_file():
         pytest.skip(f"real nuScenes keyframe not found at {KEYFRAME}")
-    from mmdet3d.datasets.nuscenes_dataset import NuScenesDataset
-    from mmdet3d.datasets.pipelines.formatting import collate
-
-    def build(cfg):
-        dataset = NuScenesDataset(str(KEYFRAME), KEYFRAME_PKL.name, pipeline=cfg["test_pipeline"],
-                                  object_classes=cfg["object_classes"], test_mode=True)
-        return collate([dataset[0]])
-
-    return build
+    return keyframe_batch
 
 
 @pytest.mark.parametrize("path", NUSCENES)
