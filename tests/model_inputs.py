@@ -113,7 +113,7 @@ def make_batch(batch_size: int = 2, num_cams: int = 3, image_size=(64, 96), num_
 
 def tiny_model_cfg(camera: bool = True, lidar: bool = True, fuser: str | None = "ConvFuser",
                    vtransform: str = "LSSTransform", extent: float = 12.8, cell: float = 0.8,
-                   image_size=(64, 96), decoder: str = "SECOND") -> dict:
+                   image_size=(64, 96), decoder: str = "SECOND", dynamic_pillars: bool = False) -> dict:
     """A BEVFusion config small enough to train in a test: a (2 extent / cell)^2 BEV grid."""
     pc_range = [-extent, -extent, -5.0, extent, extent, 3.0]
     voxel_size = [cell, cell, 8.0]
@@ -130,7 +130,13 @@ def tiny_model_cfg(camera: bool = True, lidar: bool = True, fuser: str | None = 
             neck=dict(type="GeneralizedLSSFPN", out_channels=16),
             vtransform=vt,
         )
-    if lidar:
+    if lidar and dynamic_pillars:
+        encoders["lidar"] = dict(
+            voxelize=dict(type="DynamicVoxelization", in_channels=5, point_cloud_range=pc_range, voxel_size=voxel_size),
+            backbone=dict(type="PointPillarsEncoder", pts_voxel_encoder=dict(
+                type="DynamicPillarFeatureNet", feat_channels=[16], point_cloud_range=pc_range, voxel_size=voxel_size)),
+        )
+    elif lidar:
         encoders["lidar"] = dict(
             voxelize=dict(type="Voxelization", in_channels=5, max_num_points=10, point_cloud_range=pc_range, voxel_size=voxel_size,
                           max_voxels=[4000, 4000]),

@@ -98,6 +98,25 @@ def case_voxelization(build):
     assert coords.tolist() == [[0, 0, 8, 8], [0, 0, 10, 4]]  # (b, z, y, x)
 
 
+def case_dynamic_voxelization(build):
+    m = build(dict(type="DynamicVoxelization", voxel_size=[1.0, 1.0, 8.0], point_cloud_range=[-8, -8, -5, 8, 8, 3]))
+    points = [torch.tensor([[0.5, 0.5, 0.0, 1.0, 0.0], [9.0, 0.4, 0.0, 1.0, 0.0], [-3.5, 2.5, 1.0, 0.0, 0.0]]),
+              torch.tensor([[0.5, 0.4, 0.0, 1.0, 0.1]])]
+    kept, coords, sizes = m(points)
+    assert sizes is None and kept[:, 0].tolist() == [0.5, -3.5, 0.5]  # the out-of-range point is dropped
+    assert coords.tolist() == [[0, 0, 8, 8], [0, 0, 10, 4], [1, 0, 8, 8]]  # (b, z, y, x) per point
+
+
+def case_dynamic_pillar_feature_net(build):
+    m = build(dict(type="DynamicPillarFeatureNet", in_channels=5, feat_channels=[8, 16],
+                   point_cloud_range=[-8, -8, -5, 8, 8, 3], voxel_size=[1.0, 1.0, 8.0]))
+    points = torch.randn(7, 5)
+    coords = torch.tensor([[0, 3, 2, 0], [1, 0, 0, 0], [0, 3, 2, 0], [0, 1, 1, 0], [1, 0, 0, 0], [0, 3, 2, 0], [0, 1, 1, 0]])
+    out, pillars = m(points, None, coords)
+    assert tuple(out.shape) == (3, 16) and pillars.tolist() == [[0, 1, 1, 0], [0, 3, 2, 0], [1, 0, 0, 0]]
+    assert_trainable(m, [out])
+
+
 def case_pillar_feature_net(build):
     m = build(dict(type="PillarFeatureNet", in_channels=5, feat_channels=[8, 16], point_cloud_range=[-8, -8, -5, 8, 8, 3],
                    voxel_size=[1.0, 1.0, 8.0], with_distance=True))
@@ -186,6 +205,7 @@ CASES = {
     "LSSFPN": case_lss_fpn, "LSSTransform": _vtransform_case("LSSTransform"),
     "DepthLSSTransform": _vtransform_case("DepthLSSTransform", depth_channels=4),
     "Voxelization": case_voxelization, "PillarFeatureNet": case_pillar_feature_net,
+    "DynamicVoxelization": case_dynamic_voxelization, "DynamicPillarFeatureNet": case_dynamic_pillar_feature_net,
     "PointPillarsScatter": case_point_pillars_scatter, "PointPillarsEncoder": case_point_pillars_encoder,
     "SparseEncoder": case_sparse_encoder, "ConvFuser": _fuser_case("ConvFuser"), "AddFuser": _fuser_case("AddFuser"),
     "CenterHead": case_center_head, "GaussianFocalLoss": _loss_case("GaussianFocalLoss"), "L1Loss": _loss_case("L1Loss"),
@@ -219,6 +239,7 @@ FUSION_SWEEP = {
     "camera-lss": dict(lidar=False, fuser=None),
     "camera-depthlss-fuser": dict(lidar=False, fuser="ConvFuser", vtransform="DepthLSSTransform"),
     "lidar-pointpillars": dict(camera=False, fuser=None),
+    "camera+lidar-dynamic-pillars": dict(dynamic_pillars=True),
 }
 
 

@@ -212,6 +212,8 @@ def test_evaluate_missing_tokens_fails_with_count(val_set):
 def test_default_attribute_rule():
     assert default_attribute("car", [0.3, 0.0]) == "vehicle.moving"
     assert default_attribute("trailer", [0.1, 0.1]) == "vehicle.parked"
+    assert default_attribute("bus", [0.1, 0.0]) == "vehicle.stopped"
+    assert default_attribute("bus", [0.0, 2.0]) == "vehicle.moving"
     assert default_attribute("bicycle", [0.0, 0.5]) == "cycle.with_rider"
     assert default_attribute("motorcycle", [0.0, 0.0]) == "cycle.without_rider"
     assert default_attribute("pedestrian", [1.0, 0.0]) == "pedestrian.moving"

@@ -100,19 +100,21 @@ def test_multi_sweep_points_align_with_keyframe(tmp_path):
     np.testing.assert_allclose(sweep0[:, 3], 0.5)
 
 
-def test_multi_sweep_choice_train_and_test(tmp_path):
-    sample, _ = _write_sweep_sample(tmp_path, num_sweeps=5)
+def test_multi_sweep_choice_is_the_same_at_train_and_test(tmp_path):
+    sample, _ = _write_sweep_sample(tmp_path, num_sweeps=9)
     lags = lambda r: sorted(set(np.round(r["points"][:, 4].double().numpy(), 3).tolist()) - {0.0})  # noqa: E731
-    test = LoadPointsFromMultiSweeps(sweeps_num=3, test_mode=True)(LoadPointsFromFile()(dict(sample)))
-    assert lags(test) == [0.05, 0.1, 0.15]  # the newest three
-    draws = set()
-    for seed in range(6):
+    for seed in range(3):
         np.random.seed(seed)
-        train = LoadPointsFromMultiSweeps(sweeps_num=3, test_mode=False)(LoadPointsFromFile()(dict(sample)))
-        chosen = lags(train)
-        assert len(chosen) == 3 and set(chosen) <= {0.05, 0.1, 0.15, 0.2, 0.25}
-        draws.add(tuple(chosen))
-    assert len(draws) > 1
+        for test_mode in (True, False):
+            newest = LoadPointsFromMultiSweeps(sweeps_num=3, test_mode=test_mode)(LoadPointsFromFile()(dict(sample)))
+            assert lags(newest) == [0.05, 0.1, 0.15]
+            strided = LoadPointsFromMultiSweeps(sweeps_num=3, sweep_stride=3, test_mode=test_mode)(
+                LoadPointsFromFile()(dict(sample)))
+            assert lags(strided) == [0.15, 0.3, 0.45]
+    short = LoadPointsFromMultiSweeps(sweeps_num=3, sweep_stride=4)
+    np.testing.assert_array_equal(short.choose_sweeps(9), [3, 7])  # fewer sweeps than asked: what exists
+    with pytest.raises(ValueError, match="sweep_stride"):
+        LoadPointsFromMultiSweeps(sweep_stride=0)
 
 
 def test_multi_sweep_pads_empty_sweeps(tmp_path):

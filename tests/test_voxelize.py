@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mmdet3d.models.builder import VOXELIZERS
-from mmdet3d.ops.voxelize import Voxelization, voxel_grid_size, voxelize
+from mmdet3d.models.lidar.voxelization import Voxelization
+from mmdet3d.ops.voxelize import voxel_grid_size, voxelize
 
 
 def voxelize_loop(points, voxel_size, pc_range, max_num_points, max_voxels):

@@ -31,14 +31,14 @@ def stage(title: str) -> float:
 
 
 def generate(root: str, version: str, seed: int, force: bool) -> None:
-    from mmdet3d.datasets.synthetic import generate_dataset
+    from mmdet3d.datasets.synthetic import GENERATOR_VERSION, generate_dataset
 
     stamp_path = os.path.join(root, STAMP)
-    wanted = {"version": version, "seed": seed}
+    wanted = {"version": version, "seed": seed, "generator": GENERATOR_VERSION}
     if not force and os.path.exists(stamp_path):
         with open(stamp_path) as f:
             if json.load(f) == wanted:
-                print(f"reusing the dataset in {root} (same version and seed; pass --force to regenerate)")
+                print(f"reusing the dataset in {root} (same version, seed and generator; pass --force to regenerate)")
                 return
     start = time.time()
     summary = generate_dataset(root_path=root, version=version, seed=seed)

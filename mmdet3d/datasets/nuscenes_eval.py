@@ -32,7 +32,9 @@ _ERR_NAMES = {"trans_err": "mATE", "scale_err": "mASE", "orient_err": "mAOE", "v
 def default_attribute(name: str, velocity: Sequence[float]) -> str:
     """The attribute a detector without an attribute head reports for class ``name``."""
     moving = float(np.hypot(velocity[0], velocity[1])) > _MOVING_SPEED
-    if name in ("car", "truck", "bus", "trailer", "construction_vehicle"):
+    if name == "bus":  # a static bus waits at a stop with its driver (mmdetection3d's rule)
+        return "vehicle.moving" if moving else "vehicle.stopped"
+    if name in ("car", "truck", "trailer", "construction_vehicle"):
         return "vehicle.moving" if moving else "vehicle.parked"
     if name in ("bicycle", "motorcycle"):
         return "cycle.with_rider" if moving else "cycle.without_rider"

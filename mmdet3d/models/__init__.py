@@ -1,6 +1,4 @@
 """Model stages in data-flow order; importing each package registers its components."""
-import mmdet3d.ops.voxelize  # noqa: F401  (registers Voxelization in VOXELIZERS)
-
 from . import backbones, necks, vtransforms, lidar, fusers, heads, losses, fusion_models  # noqa: F401
 from .builder import (
     BACKBONES,

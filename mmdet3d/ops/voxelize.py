@@ -7,17 +7,17 @@ first point (point order); only the first ``max_voxels`` voxels are kept, and in
 first ``max_num_points`` points in point order. Coordinates are ``(z, y, x)`` indices as in mmcv.
 The result is deterministic (the ``deterministic`` flag of mmcv's CUDA op is accepted for
 compatibility; this implementation has no non-deterministic mode).
+
+``dynamic_voxelize`` keeps every point and gives each its voxel (mmcv's dynamic voxelization), for
+encoders that pool all points of a voxel instead of the first ``max_num_points``. The registered
+modules that wrap both live beside the LiDAR encoders (``mmdet3d/models/lidar/voxelization.py``).
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
-from torch import nn
-
-from mmdet3d.models.builder import VOXELIZERS
-
-__all__ = ["voxelize", "Voxelization", "voxel_grid_size"]
+__all__ = ["voxelize", "dynamic_voxelize", "voxel_grid_size"]
 
 
 def voxel_grid_size(voxel_size: Sequence[float], point_cloud_range: Sequence[float]) -> tuple[int, int, int]:
@@ -84,46 +84,11 @@ def voxelize(
     return voxels, coords, num_points
 
 
-@VOXELIZERS.register_module()
-class Voxelization(nn.Module):
-    """Voxelize a batch: list of B point clouds (P_b, F) -> feats, coords (V, 4), sizes (V,).
-
-    ``coords`` rows are ``(batch_index, z, y, x)``; feats are (V, M, F) or (V, F) with
-    ``reduce="mean"``; ``sizes`` the number of kept points per voxel. ``max_voxels`` may be a pair
-    ``(train, test)`` chosen by ``self.training``. ``grid_size`` is ``(nx, ny, nz)``.
-    """
-
-    def __init__(
-        self,
-        *,
-        voxel_size: Sequence[float],
-        point_cloud_range: Sequence[float],
-        max_num_points: int = 10,
-        max_voxels: int | Sequence[int] = (90000, 120000),
-        reduce: str = "none",
-        in_channels: int = 5,
-        deterministic: bool = True,
-    ):
-        super().__init__()
-        self.voxel_size = [float(v) for v in voxel_size]
-        self.point_cloud_range = [float(v) for v in point_cloud_range]
-        self.max_num_points = max_num_points
-        self.max_voxels = (max_voxels, max_voxels) if isinstance(max_voxels, int) else tuple(max_voxels)
-        self.reduce = reduce
-        self.deterministic = deterministic
-        self.in_channels = self.out_channels = in_channels
-        self.grid_size = voxel_grid_size(self.voxel_size, self.point_cloud_range)
-
-    def forward(self, points: Sequence[torch.Tensor]):
-        max_voxels = self.max_voxels[0] if self.training else self.max_voxels[1]
-        feats, coords, sizes = [], [], []
-        for b, cloud in enumerate(points):
-            f, c, n = voxelize(cloud, self.voxel_size, self.point_cloud_range, self.max_num_points,
-                               max_voxels, self.deterministic, self.reduce)
-            feats.append(f)
-            coords.append(torch.cat([torch.full_like(c[:, :1], b), c], dim=1))
-            sizes.append(n)
-        if self.reduce == "none" and self.max_num_points <= 0:
-            width = max(f.shape[1] for f in feats)
-            feats = [torch.nn.functional.pad(f, (0, 0, 0, width - f.shape[1])) for f in feats]
-        return torch.cat(feats), torch.cat(coords), torch.cat(sizes)
+def dynamic_voxelize(points: torch.Tensor, voxel_size: Sequence[float], point_cloud_range: Sequence[float]) -> torch.Tensor:
+    """points (P, F) -> (P, 3) int64 ``(z, y, x)`` voxel of every point, ``-1`` rows outside the range."""
+    nx, ny, nz = voxel_grid_size(voxel_size, point_cloud_range)
+    ijk = torch.floor((points[:, :3] - points.new_tensor(point_cloud_range[:3])) / points.new_tensor(voxel_size))
+    valid = ((ijk >= 0) & (ijk < points.new_tensor([nx, ny, nz]))).all(dim=1)
+    coords = ijk.long().flip(1)  # (x, y, z) -> (z, y, x) as mmcv
+    coords[~valid] = -1
+    return coords

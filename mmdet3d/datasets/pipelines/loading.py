@@ -103,8 +103,10 @@ class LoadPointsFromMultiSweeps:
 
     Sweep points ``p_s`` (sensor frame of the sweep) become ``R @ p_s + t`` with ``R, t`` the
     sweep's ``sensor2lidar_rotation``/``sensor2lidar_translation``; their time-lag column is
-    ``(timestamp - sweep timestamp) / 1e6`` seconds. Training draws ``sweeps_num`` sweeps at
-    random without replacement; ``test_mode`` takes the newest ``sweeps_num``. With no sweeps and
+    ``(timestamp - sweep timestamp) / 1e6`` seconds. The sweeps are the newest ``sweeps_num`` of
+    every ``sweep_stride``-th one (stride 3 at 20 Hz: lags 0.15, 0.3, 0.45 s), the same choice at
+    training and at test, so a model never meets time lags at test that it did not train on
+    (``test_mode`` is accepted for configs written for mmdetection3d and changes nothing). With no sweeps and
     ``pad_empty_sweeps``, the keyframe is repeated ``sweeps_num`` times (time lag 0) so that the
     point density matches samples that have sweeps. ``remove_close`` drops sweep points within
     ``close_radius`` (in x and y) of the sensor: they hit the ego vehicle.
@@ -119,7 +121,11 @@ class LoadPointsFromMultiSweeps:
         remove_close: bool = True,
         test_mode: bool = False,
         close_radius: float = 1.0,
+        sweep_stride: int = 1,
     ):
+        if int(sweep_stride) < 1:
+            raise ValueError(f"LoadPointsFromMultiSweeps: sweep_stride must be >= 1, got {sweep_stride!r}")
+        self.sweep_stride = int(sweep_stride)
         self.sweeps_num = sweeps_num
         self.load_dim = load_dim
         self.use_dim = _dims(use_dim)
@@ -132,12 +138,9 @@ class LoadPointsFromMultiSweeps:
         close = (np.abs(points[:, 0]) < self.close_radius) & (np.abs(points[:, 1]) < self.close_radius)
         return points[~close]
 
-    def _choose(self, num_sweeps: int) -> np.ndarray:
-        if num_sweeps <= self.sweeps_num:
-            return np.arange(num_sweeps)
-        if self.test_mode:
-            return np.arange(self.sweeps_num)
-        return np.random.choice(num_sweeps, self.sweeps_num, replace=False)
+    def choose_sweeps(self, num_sweeps: int) -> np.ndarray:
+        """Indices into the newest-first sweep list of a sample with ``num_sweeps`` sweeps."""
+        return np.arange(self.sweep_stride - 1, num_sweeps, self.sweep_stride)[: self.sweeps_num]
 
     def _load_sweep(self, sweep: dict, timestamp: float, results: dict) -> np.ndarray:
         for key in ("data_path", "timestamp", "sensor2lidar_rotation", "sensor2lidar_translation"):
@@ -167,12 +170,12 @@ class LoadPointsFromMultiSweeps:
                 parts += [pad] * self.sweeps_num
         else:
             timestamp = float(_require(results, "timestamp", type(self).__name__))
-            parts += [self._load_sweep(sweeps[i], timestamp, results) for i in self._choose(len(sweeps))]
+            parts += [self._load_sweep(sweeps[i], timestamp, results) for i in self.choose_sweeps(len(sweeps))]
         results["points"] = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=0), dtype=np.float32))
         return results
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(sweeps_num={self.sweeps_num}, test_mode={self.test_mode})"
+        return f"{type(self).__name__}(sweeps_num={self.sweeps_num}, sweep_stride={self.sweep_stride})"
 
 
 @PIPELINES.register_module()

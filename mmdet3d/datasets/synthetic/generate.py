@@ -17,8 +17,11 @@ from .rig import CAMERA_CHANNELS, LIDAR_CHANNEL
 from .tables import static_tables
 from .writer import SWEEP_PERIOD_US, SceneTask, generate_scene
 
-__all__ = ["generate_dataset", "select_scenes", "SUPPORTED_VERSIONS", "DatasetWriteError"]
+__all__ = ["generate_dataset", "select_scenes", "SUPPORTED_VERSIONS", "DatasetWriteError", "GENERATOR_VERSION"]
 
+# Bumped whenever the generated content changes, so that cached datasets are regenerated
+# (2: front/back cues on every class with a heading).
+GENERATOR_VERSION = 2
 SUPPORTED_VERSIONS = ("v1.0-mini", "v1.0-trainval")
 TABLE_NAMES = ("attribute", "calibrated_sensor", "category", "ego_pose", "instance", "log", "map", "sample",
                "sample_annotation", "sample_data", "scene", "sensor", "visibility")

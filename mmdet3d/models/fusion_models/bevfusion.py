@@ -97,7 +97,10 @@ class BEVFusion(nn.Module):
 
     @torch.no_grad()
     def voxelize(self, points: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """B point clouds (P_i, C) -> voxels (V, M, C), num_points (V,), coords (V, 4) ``(b, x, y, z)``."""
+        """B point clouds (P_i, C) -> voxels (V, M, C), num_points (V,), coords (V, 4) ``(b, x, y, z)``.
+
+        A dynamic voxelizer gives points (P, C), None and per-point coords (P, 4) instead.
+        """
         voxels, coords, num_points = self.encoders["lidar"]["voxelize"](points)
         # The voxelizer numbers cells (b, z, y, x) as mmcv; the BEV maps are laid out (x, y).
         return voxels, num_points, coords[:, [0, 3, 2, 1]].long()

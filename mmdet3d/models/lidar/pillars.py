@@ -12,7 +12,7 @@ from torch import nn
 
 from ..builder import LIDAR_BACKBONES
 
-__all__ = ["PillarFeatureNet", "PointPillarsScatter", "PointPillarsEncoder", "bev_grid_size"]
+__all__ = ["PillarFeatureNet", "DynamicPillarFeatureNet", "PointPillarsScatter", "PointPillarsEncoder", "bev_grid_size"]
 
 
 def bev_grid_size(point_cloud_range: Sequence[float], voxel_size: Sequence[float]) -> tuple[int, int]:
@@ -90,6 +90,44 @@ class PillarFeatureNet(nn.Module):
 
 
 @LIDAR_BACKBONES.register_module()
+class DynamicPillarFeatureNet(PillarFeatureNet):
+    """Every point of every pillar: points (P, C_point) with per-point coords (P, 4) ``(b, x, y, z)``
+    -> pillar features (V, C_out) and pillar coords (V, 4).
+
+    The same decorations and layers as ``PillarFeatureNet``, but the pillar mean and the max run
+    over all of a pillar's points by scatter (as mmdetection3d's dynamic PFN), so no point is cut
+    off in dense pillars: with hard pillars of 10 points the keyframe fills most pillars near the
+    sensor and the sweeps that carry motion barely reach the network. Pillars are numbered in
+    ``(b, x, y)`` order. Takes the output of ``DynamicVoxelization`` (``num_points`` is unused).
+    """
+
+    def forward(self, points: torch.Tensor, num_points: torch.Tensor | None, coords: torch.Tensor):
+        num_x, num_y = self.grid_size
+        key = (coords[:, 0] * num_x + coords[:, 1]) * num_y + coords[:, 2]
+        pillars, inverse = torch.unique(key, return_inverse=True)  # (V,), (P,)
+        num_pillars = pillars.numel()
+        counts = torch.bincount(inverse, minlength=num_pillars).clamp(min=1).to(points.dtype)
+        features = [points]
+        if self.with_cluster_center:
+            mean = points.new_zeros(num_pillars, 3).index_add_(0, inverse, points[:, :3]) / counts[:, None]
+            features.append(points[:, :3] - mean[inverse])
+        if self.with_voxel_center:
+            centre = (coords[:, 1:3].to(points.dtype) + 0.5) * self.voxel_size + self.grid_origin  # (P, 2)
+            features.append(points[:, :2] - centre)
+        if self.with_distance:
+            features.append(points[:, :3].norm(dim=-1, keepdim=True))
+        x = torch.cat(features, dim=-1)
+        for i, (linear, norm) in enumerate(zip(self.linears, self.norms)):
+            x = torch.relu(norm(linear(x)))  # (P, C)
+            index = inverse[:, None].expand(-1, x.shape[1])
+            pooled = x.new_zeros(num_pillars, x.shape[1]).scatter_reduce(0, index, x, reduce="amax", include_self=False)
+            x = torch.cat([x, pooled[inverse]], dim=-1) if i < len(self.linears) - 1 else pooled
+        pillar_coords = torch.stack(
+            [pillars // (num_x * num_y), (pillars // num_y) % num_x, pillars % num_y, torch.zeros_like(pillars)], dim=1)
+        return x, pillar_coords
+
+
+@LIDAR_BACKBONES.register_module()
 class PointPillarsScatter(nn.Module):
     """Pillar features (V, C) at coords (V, 4) ``(b, x, y, z)`` -> BEV (B, C, X, Y), zeros elsewhere."""
 
@@ -109,7 +147,8 @@ class PointPillarsScatter(nn.Module):
 
 @LIDAR_BACKBONES.register_module()
 class PointPillarsEncoder(nn.Module):
-    """Voxelised points -> BEV (B, C, X, Y): ``PillarFeatureNet`` then ``PointPillarsScatter``.
+    """Voxelised points -> BEV (B, C, X, Y): ``PillarFeatureNet`` (or ``DynamicPillarFeatureNet`` on
+    per-point input) then ``PointPillarsScatter``.
 
     ``in_channels`` (the voxelizer's point feature count, passed by the fusion model) reaches the
     feature net unless its config sets one. The scatter's ``in_channels`` and ``output_shape`` are the feature net's ``out_channels`` and
@@ -128,4 +167,6 @@ class PointPillarsEncoder(nn.Module):
 
     def forward(self, voxels: torch.Tensor, num_points: torch.Tensor, coords: torch.Tensor, batch_size: int) -> torch.Tensor:
         features = self.pts_voxel_encoder(voxels, num_points, coords)
+        if isinstance(features, tuple):  # a dynamic encoder numbers its own pillars
+            features, coords = features
         return self.pts_middle_encoder(features, coords, batch_size)
