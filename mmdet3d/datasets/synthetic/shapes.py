@@ -113,21 +113,25 @@ def _car(add, rng, L, W, H):
 def _truck(add, rng, L, W, H):
     cab = np.array([[230, 230, 230], [40, 70, 160], [170, 40, 30], [240, 200, 50]])[rng.integers(4)]
     d = _LIGHT_DEPTH
-    add(_box(0.38 * L - d / 2, 0, 0, 0.24 * L - d, W, 0.82 * H), cab, _PAINT)
+    add(_box(0.38 * L - d / 2, 0, 0.12 * H, 0.24 * L - d, W, 0.7 * H), cab, _PAINT)          # cab, lower than the box
     add(_box(0.5 * L - d / 2, 0, 0.45 * H, d, 0.9 * W, 0.3 * H), _WINDSCREEN, _GLASS)
-    add(_box(-0.13 * L + d / 2, 0, 0.1 * H, 0.74 * L - d, W, 0.9 * H), (150, 150, 145), _PAINT)
-    add(_box(-0.13 * L, 0, 0, 0.6 * L, W - 0.3, 0.1 * H), (25, 25, 25), _TYRE)
-    _lights(add, L, W, 0.15 * H, 0.08 * H)
+    add(_box(0.38 * L, 0, 0, 0.12 * L, W - 0.2, 0.14 * H), (25, 25, 25), _TYRE)             # front axle
+    # Cargo box on a high floor, rear axles set in from the back: open space under the rear.
+    add(_box(-0.13 * L + d / 2, 0, 0.32 * H, 0.74 * L - d, W, 0.68 * H), (150, 150, 145), _PAINT)
+    add(_box(-0.2 * L, 0, 0, 0.24 * L, W - 0.2, 0.32 * H), (25, 25, 25), _TYRE)
+    _lights(add, L, W, 0.2 * H, 0.08 * H, rear=False)
+    _lights(add, L, W, 0.34 * H, 0.06 * H, front=False)
 
 
 def _bus(add, rng, L, W, H):
     body = np.array([[200, 30, 40], [240, 190, 40], [40, 140, 80], [235, 235, 235]])[rng.integers(4)]
     d = _LIGHT_DEPTH
-    add(_box(0, 0, 0.1 * H, L - 2 * d, W - 0.04, 0.72 * H), body, _PAINT)
-    add(_box(-d / 2, 0, 0.45 * H, L - d, W, 0.3 * H), (35, 45, 60), _GLASS)               # side windows
-    add(_box(0.5 * L - d / 2, 0, 0.25 * H, d, 0.92 * W, 0.55 * H), _WINDSCREEN, _GLASS)     # tall windscreen
-    add(_box(-0.29 * L, 0, 0.82 * H, 0.38 * L, 0.8 * W, 0.18 * H), (170, 170, 170), _PAINT)  # rear roof unit
-    # Short front overhang, long rear one (engine at the back): axles off-centre.
+    add(_box(0, 0, 0.1 * H, L - 2 * d, W - 0.04, 0.66 * H), body, _PAINT)
+    add(_box(0.15 - d / 2, 0, 0.42 * H, L - d - 0.3, W, 0.28 * H), (35, 45, 60), _GLASS)    # side windows, painted rear
+    add(_box(0.5 * L - d / 2, 0, 0.22 * H, d, 0.92 * W, 0.52 * H), _WINDSCREEN, _GLASS)     # tall windscreen
+    # Engine and air conditioning at the back: the rear half is taller than the front.
+    add(_box(-0.27 * L - d / 2, 0, 0.76 * H, 0.46 * L - d, 0.85 * W, 0.24 * H), (170, 170, 170), _PAINT)
+    # Short front overhang, long rear one: axles off-centre.
     for x in (0.28 * L, -0.2 * L):
         add(_box(x, 0, 0, 0.09 * L, W - 0.1, 0.1 * H), (20, 20, 20), _TYRE)
     _lights(add, L, W, 0.12 * H, 0.06 * H)
