@@ -54,7 +54,7 @@ def dist_run(tmp_path_factory):
 def single_run(tmp_path_factory):
     run = str(tmp_path_factory.mktemp("single"))
     check_ok(run_tool("train", TOY_CONFIG, "--run-dir", run, "--data.samples_per_gpu", "2", *_EXACT))
-    ckpt = torch.load(os.path.join(run, "epoch_2.pth"), weights_only=False)
+    ckpt = torch.load(os.path.join(run, "epoch_2.pth"), weights_only=True)
     assert ckpt["meta"]["iter"] == 8  # as many optimiser steps as 2 ranks x 1 sample: 8 samples / 2
     return run
 

@@ -21,9 +21,9 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from mmdet3d.apis.benchmark import format_latency_table, measure_latency  # noqa: E402
-from mmdet3d.apis.checkpoint import load_checkpoint_file, load_model_weights  # noqa: E402
 from mmdet3d.apis.data import resolve_collate, seed_everything, to_device  # noqa: E402
 from mmdet3d.apis.runner import build_dataset_from_config, build_model_from_config, cli_main, import_custom_modules  # noqa: E402
+from mmdet3d.utils.checkpoint import load_inference_weights  # noqa: E402
 from mmdet3d.utils.config import ConfigError, load_config  # noqa: E402
 
 
@@ -56,8 +56,7 @@ def main() -> None:
 
     model = build_model_from_config(cfg)
     if args.checkpoint:
-        ckpt = load_checkpoint_file(args.checkpoint)
-        load_model_weights(model, ckpt["state_dict"], strict=True, source=f"checkpoint {args.checkpoint}")
+        load_inference_weights(model, args.checkpoint)
     model.to(device).eval()
     dataset = build_dataset_from_config(cfg, args.split)
     if len(dataset) == 0:

@@ -18,7 +18,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmdet3d.apis.checkpoint import load_checkpoint_file, load_model_weights  # noqa: E402
 from mmdet3d.apis.data import build_test_loader_from_config  # noqa: E402
 from mmdet3d.apis.runner import (  # noqa: E402
     build_dataset_from_config,
@@ -30,6 +29,7 @@ from mmdet3d.apis.runner import (  # noqa: E402
 )
 from mmdet3d.apis.test import inference  # noqa: E402
 from mmdet3d.utils import distributed as dist  # noqa: E402
+from mmdet3d.utils.checkpoint import load_inference_weights  # noqa: E402
 from mmdet3d.utils.config import ConfigError, load_config  # noqa: E402
 from mmdet3d.utils.logging import format_detection_metrics, get_logger  # noqa: E402
 
@@ -65,8 +65,7 @@ def main() -> None:
             prepare_run_dir(os.path.dirname(os.path.abspath(args.out)), rank=info.rank)
 
         model = build_model_from_config(cfg)
-        ckpt = load_checkpoint_file(args.checkpoint)
-        load_model_weights(model, ckpt["state_dict"], strict=True, source=f"checkpoint {args.checkpoint}")
+        load_inference_weights(model, args.checkpoint, log=logger.info)
         model.to(info.device).eval()
         dataset = build_dataset_from_config(cfg, args.split)
         loader = build_test_loader_from_config(dataset, cfg, rank=info.rank, world_size=info.world_size)

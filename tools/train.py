@@ -17,7 +17,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmdet3d.apis.checkpoint import find_latest_checkpoint  # noqa: E402
 from mmdet3d.apis.data import seed_everything  # noqa: E402
 from mmdet3d.apis.runner import (  # noqa: E402
     build_dataset_from_config,
@@ -30,6 +29,7 @@ from mmdet3d.apis.runner import (  # noqa: E402
 )
 from mmdet3d.apis.train import train_model  # noqa: E402
 from mmdet3d.utils import distributed as dist  # noqa: E402
+from mmdet3d.utils.checkpoint import find_resumable_checkpoint, remove_stale_temporary_files  # noqa: E402
 from mmdet3d.utils.config import ConfigError, dump_config, load_config  # noqa: E402
 from mmdet3d.utils.logging import RunLogger  # noqa: E402
 
@@ -65,15 +65,21 @@ def main() -> None:
     logger = RunLogger(run_dir, rank=info.rank)
     try:
         if info.rank == 0:
+            for path in remove_stale_temporary_files(run_dir):
+                logger.info(f"removed {path}, left behind by a killed write")
             dump_config(cfg, os.path.join(run_dir, "configs.yaml"))
         logger.info(f"config {args.config} -> {os.path.join(run_dir, 'configs.yaml')}")
         logger.info(f"launcher {info.launcher}, world size {info.world_size}, backend {info.backend or 'none'}, device {info.device}")
 
         resume_from = cfg.get("resume_from")
         if args.resume:
-            resume_from = find_latest_checkpoint(run_dir)
+            resume_from, skipped = find_resumable_checkpoint(run_dir)
+            for reason in skipped:
+                logger.warning(f"--resume: passing over an unreadable checkpoint: {reason}")
             if resume_from is None:
-                raise ConfigError(f"--resume: no checkpoint (latest.pth or epoch_N.pth) in run dir {run_dir}")
+                raise ConfigError(f"--resume: no checkpoint (latest.pth or epoch_N.pth) that loads in run dir {run_dir}")
+            if skipped:
+                logger.warning(f"--resume: falling back to {resume_from}, the newest complete checkpoint")
         load_from = args.load_from or cfg.get("load_from")
         if resume_from and load_from:
             print_once = f"resuming from {resume_from}; load_from {load_from} is ignored"

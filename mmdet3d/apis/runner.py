@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from mmdet3d.apis.checkpoint import CheckpointError
+from mmdet3d.utils.checkpoint import CheckpointError
 from mmdet3d.utils.config import ConfigError
 from mmdet3d.utils.distributed import DistributedSetupError
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mmdet3d.apis.checkpoint import unwrap_model
+from mmdet3d.utils.checkpoint import unwrap_model
 from mmdet3d.apis.data import to_device
 from mmdet3d.utils import distributed as dist
 
