@@ -13,17 +13,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def _check_writable(path: str) -> None:
-    """Fail early, naming the directory, rather than after minutes of work."""
-    probe = path
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe) or "."
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
-        raise PermissionError(f"output directory {path!r} is not writable ({probe!r} is not a writable directory)")
+from mmdet3d.datasets.nuscenes_converter import check_writable, create_infos  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,28 +40,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def create_infos(root_path: str, version: str, out_dir: str | None, max_sweeps: int, prefix: str, database: bool) -> dict:
-    from mmdet3d.datasets.nuscenes_converter import create_nuscenes_infos
-
-    out_dir = out_dir or root_path
-    _check_writable(out_dir)
-    summary = create_nuscenes_infos(root_path, version=version, out_dir=out_dir, max_sweeps=max_sweeps, info_prefix=prefix)
-    if database:
-        from mmdet3d.datasets.pipelines.dbsampler import create_groundtruth_database
-
-        train_info = os.path.join(out_dir, f"{prefix}_infos_train.pkl")
-        if os.path.exists(train_info):
-            summary["database"] = create_groundtruth_database(root_path, train_info, out_dir, info_prefix=prefix)
-    return summary
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.time()
     if args.command == "synthetic":
         from mmdet3d.datasets.synthetic import generate_dataset
 
-        _check_writable(args.root_path)
+        check_writable(args.root_path)
         kwargs = dict(root_path=args.root_path, version=args.version, num_scenes=args.scenes, seed=args.seed)
         if args.keyframes is not None:
             kwargs["keyframes_per_scene"] = args.keyframes

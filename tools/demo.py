@@ -104,7 +104,7 @@ def main() -> int:
     print(f"stage time {time.time() - t:.1f} s")
 
     t = stage("2. info files: tools/create_data.py nuscenes")
-    from tools.create_data import create_infos
+    from mmdet3d.datasets.nuscenes_converter import create_infos
 
     summary = create_infos(args.root_path, args.version, None, 10, "nuscenes", True)
     print(json.dumps(summary, indent=2, default=str))
