@@ -203,6 +203,13 @@ def test_teacher_config_trains_and_tests(tmp_path, teacher_fast):
     assert ckpt["meta"]["iter"] == 2 and ckpt["meta"]["config"]["model"]["type"] == "BEVFusion"
     proc = check_ok(run_tool("test", TEACHER_CONFIG, os.path.join(run, "epoch_1.pth"), "--eval", "bbox", *teacher_fast, timeout=600))
     assert "| NDS" in proc.stdout and "| mAP" in proc.stdout
+    # the train split, scored against the devkit's train split, with its sample tokens saved
+    out = str(tmp_path / "train_preds.pkl")
+    proc = check_ok(run_tool("test", TEACHER_CONFIG, os.path.join(run, "epoch_1.pth"), "--split", "train", "--eval", "bbox", "--out", out,
+                             *teacher_fast, timeout=600))
+    root = teacher_fast[teacher_fast.index("--dataset_root") + 1]
+    train_tokens = [info["token"] for info in pickle.load(open(os.path.join(root, "nuscenes_infos_train.pkl"), "rb"))["infos"]]
+    assert "| NDS" in proc.stdout and [p["token"] for p in pickle.load(open(out, "rb"))] == train_tokens
 
 
 def test_teacher_config_benchmark(teacher_fast):

@@ -13,6 +13,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from mmdet3d.apis.runner import add_debug_flag, cli_main  # noqa: E402
 from mmdet3d.datasets.nuscenes_converter import check_writable, create_infos  # noqa: E402
 
 
@@ -37,9 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     nus.add_argument("--max-sweeps", type=int, default=10)
     nus.add_argument("--extra-tag", default="nuscenes", help="prefix of the written files")
     nus.add_argument("--no-database", action="store_true", help="skip the GT database for ObjectPaste")
+    for command in (syn, nus):
+        add_debug_flag(command)
     return parser.parse_args(argv)
 
 
+@cli_main(extra_errors=(ValueError, KeyError, OSError))
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.time()
@@ -63,8 +67,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError, PermissionError, KeyError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(main())

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mmdet3d.apis.data import seed_everything  # noqa: E402
 from mmdet3d.apis.runner import (  # noqa: E402
+    add_debug_flag,
     build_dataset_from_config,
     build_model_from_config,
     cli_main,
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--load_from", "--load-from", dest="load_from", default=None, help="initialise weights from this checkpoint")
     parser.add_argument("--iters-per-epoch", type=int, default=None, help="debug: cut every epoch to this many iterations")
     parser.add_argument("--debug-rank-dumps", action="store_true", help="debug: every rank saves its weights to run_dir/debug/ after step 1 and at the end")
+    add_debug_flag(parser)
     return parser.parse_known_args(argv)
 
 
@@ -56,9 +58,9 @@ def count(n: int) -> str:
 @cli_main
 def main() -> None:
     args, overrides = parse_args()
-    info = dist.init_distributed()
-    configure_cpu_threads(info.local_world_size)
     cfg = load_config(args.config, overrides)
+    info = dist.init_distributed(timeout_s=cfg.get("dist_timeout_s"))
+    configure_cpu_threads(info.local_world_size)
     import_custom_modules(cfg)
 
     run_dir = prepare_run_dir(args.run_dir or default_run_dir(args.config), rank=info.rank)
@@ -98,19 +100,20 @@ def main() -> None:
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         logger.info(f"model {type(model).__name__}: {count(n_params)} parameters ({count(n_train)} trainable); train samples {len(train_dataset)}")
 
-        summary = train_model(
-            model,
-            train_dataset,
-            cfg,
-            run_dir=run_dir,
-            info=info,
-            logger=logger,
-            val_dataset=val_dataset,
-            resume_from=resume_from,
-            load_from=load_from,
-            max_iters_per_epoch=args.iters_per_epoch,
-            debug_rank_dumps=args.debug_rank_dumps,
-        )
+        with dist.timeout_guard():
+            summary = train_model(
+                model,
+                train_dataset,
+                cfg,
+                run_dir=run_dir,
+                info=info,
+                logger=logger,
+                val_dataset=val_dataset,
+                resume_from=resume_from,
+                load_from=load_from,
+                max_iters_per_epoch=args.iters_per_epoch,
+                debug_rank_dumps=args.debug_rank_dumps,
+            )
         logger.info(f"finished: {summary['epochs']} epochs, {summary['steps']} optimiser steps; last checkpoint {summary['last_checkpoint']}")
     finally:
         logger.close()

@@ -230,6 +230,7 @@ class Trainer:
             for i, batch in enumerate(self.loader):
                 if i >= self.iters_per_epoch:
                     break
+                dist.report_progress(f"epoch {epoch + 1}, iteration {i + 1}")
                 terms = self.train_step(to_device(batch, self.device), epoch, i)
                 for name, value in terms.items():
                     window.setdefault(name, []).append(value)

@@ -135,8 +135,10 @@ def sample_info(nusc, sample: dict, max_sweeps: int = 10, with_gt: bool = True) 
         if cam not in sample["data"]:
             continue
         rec = obtain_sensor2lidar(nusc, sample["data"][cam], lidar2ego, ego2global)
-        cs = nusc.get("calibrated_sensor", nusc.get("sample_data", sample["data"][cam])["calibrated_sensor_token"])
+        sd = nusc.get("sample_data", sample["data"][cam])
+        cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
         rec["camera_intrinsics"] = np.array(cs["camera_intrinsic"], dtype=np.float64)
+        rec["width"], rec["height"] = int(sd["width"]), int(sd["height"])
         info["cams"][cam] = rec
     prev = nusc.get("sample_data", lidar_token)["prev"]
     while prev and len(info["sweeps"]) < max_sweeps:  # newest first
