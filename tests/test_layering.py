@@ -30,11 +30,6 @@ ALLOWED = {
 OUTSIDE = ("tools", "tests", "benchmarks")
 
 
-def _voxelize_moved() -> bool:
-    text = (ROOT / "mmdet3d" / "ops" / "voxelize.py")
-    return not text.exists() or "mmdet3d.models" not in text.read_text()
-
-
 def _loaded_by(module: str) -> dict:
     """Import ``module`` in a fresh interpreter -> the mmdet3d layers and the repo folders it loaded."""
     probe = (
@@ -52,10 +47,7 @@ def _loaded_by(module: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-OPS_PENDING = pytest.mark.xfail(not _voxelize_moved(), strict=True, reason="ops/voxelize.py still imports the models registry")
-
-
-@pytest.mark.parametrize("layer", [pytest.param(name, marks=OPS_PENDING) if name == "ops" else name for name in LAYERS])
+@pytest.mark.parametrize("layer", LAYERS)
 def test_importing_a_layer_loads_only_the_layers_below(layer):
     loaded = _loaded_by(f"mmdet3d.{layer}")
     assert set(loaded["layers"]) - {layer} <= ALLOWED[layer], f"mmdet3d.{layer} loaded {loaded['layers']}"
@@ -78,11 +70,11 @@ def _imports(path: Path) -> list[str]:
     return names
 
 
-def _static_violations(skip: tuple[str, ...] = ()) -> list[str]:
+def _static_violations() -> list[str]:
     bad = []
     for path in sorted((ROOT / "mmdet3d").rglob("*.py")):
         parts = path.relative_to(ROOT).parts
-        if len(parts) < 3 or str(path.relative_to(ROOT)) in skip:
+        if len(parts) < 3:
             continue
         layer = parts[1]
         for name in _imports(path):
@@ -95,8 +87,7 @@ def _static_violations(skip: tuple[str, ...] = ()) -> list[str]:
 
 
 def test_every_import_statement_points_down():
-    pending = () if _voxelize_moved() else ("mmdet3d/ops/voxelize.py",)
-    assert _static_violations(skip=pending) == []
+    assert _static_violations() == []
 
 
 def test_the_static_check_sees_a_violation(tmp_path, monkeypatch):
