@@ -19,7 +19,6 @@ import argparse
 import glob
 import json
 import os
-import pickle
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmdet3d.apis.benchmark import timed_call  # noqa: E402
 from mmdet3d.models.vtransforms import LSSTransform  # noqa: E402
 from mmdet3d.ops.bev_pool import BEVPoolGeometry, bev_pool_reference  # noqa: E402
+from mmdet3d.utils.data_files import load_trusted_pickle  # noqa: E402
 
 # shared/data beside the checkout, as the tests read it
 KEYFRAME_DIR = os.environ.get(
@@ -44,8 +44,7 @@ IMAGE, FEATURE, CHANNELS = (256, 704), (32, 88), 80
 def camera_rig(batch_size: int, device: str) -> dict:
     """Batch matrices for the keyframe's six cameras with an ImageAug-like resize 0.48 + crop."""
     path = sorted(glob.glob(os.path.join(KEYFRAME_DIR, "*.pkl")))[0]
-    with open(path, "rb") as f:
-        info = pickle.load(f)["data_list"][0]
+    info = load_trusted_pickle(path)["data_list"][0]
     intrinsics, camera2lidar = [], []
     for cam in info["images"].values():
         k = np.eye(4)

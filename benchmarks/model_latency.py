@@ -26,14 +26,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from keyframe_paths import KEYFRAME, keyframe_batch  # noqa: E402
 from mmdet3d.apis.benchmark import timed_call  # noqa: E402
 from mmdet3d.apis.data import to_device  # noqa: E402
+from mmdet3d.datasets.example_batches import keyframe_batch, make_batch  # noqa: E402
 from mmdet3d.models import build_model  # noqa: E402
 from mmdet3d.utils.config import load_config  # noqa: E402
 
+KEYFRAME = ROOT.parent / "shared/data/nuscenes_keyframe"
 DEFAULT_CONFIGS = [
     "configs/nuscenes/det/centerhead/lssfpn/camera+lidar/resnet50/convfuser.yaml",
     "configs/nuscenes/det/centerhead/lssfpn/camera/resnet50/lss.yaml",
@@ -41,8 +41,6 @@ DEFAULT_CONFIGS = [
 
 
 def random_batch(cfg: dict, batch_size: int) -> dict:
-    from model_inputs import make_batch
-
     extent = cfg["point_cloud_range"][3]
     return make_batch(batch_size=batch_size, num_cams=6, image_size=tuple(cfg["image_size"]),
                       num_boxes=(20,), extent=extent * 0.9, num_points=30000)

@@ -41,6 +41,33 @@ def test_overrides_are_typed_and_applied_before_references(config_tree):
     assert cfg["model"]["type"] is None
 
 
+def test_override_of_the_wrong_kind_names_key_and_kind():
+    cfg = {"max_epochs": 6, "lr": 0.1, "fp16": False, "name": "run", "size": [1, 2], "opt": {"a": 1}, "ref": "${max_epochs}", "none": None}
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(dict(cfg), ["--max_epochs", "abc"])
+    assert str(e.value) == "override --max_epochs expects an integer, got 'abc'; now 6"
+    with pytest.raises(ConfigError, match=r"--max_epochs expects an integer \(needs a whole number\), got '0.5'"):
+        apply_overrides(dict(cfg), ["--max_epochs", "0.5"])
+    with pytest.raises(ConfigError, match=r"--fp16 expects a boolean \(true or false\), got '1'"):
+        apply_overrides(dict(cfg), ["--fp16", "1"])
+    with pytest.raises(ConfigError, match=r"--size expects a list, got '3'; now a list"):
+        apply_overrides(dict(cfg), ["--size", "3"])
+    with pytest.raises(ConfigError, match=r"--opt expects a mapping"):
+        apply_overrides(dict(cfg), ["--opt", "[1]"])
+    with pytest.raises(ConfigError, match=r"--name expects a string, got '\[1, 2\]'"):
+        apply_overrides(dict(cfg), ["--name", "[1, 2]"])
+    out = apply_overrides(dict(cfg), ["--lr", "1", "--name", "2024", "--ref", "[3]", "--none", "{a: 1}", "--size", "null", "--opt.a", "2"])
+    assert out["lr"] == 1.0 and isinstance(out["lr"], float) and out["name"] == "2024"
+    assert out["ref"] == [3] and out["none"] == {"a": 1} and out["size"] is None and out["opt"] == {"a": 2}
+    assert apply_overrides(dict(cfg), ["--lr", "1e-3"])["lr"] == 1e-3  # yaml 1.1 reads 1e-3 as a string
+
+
+def test_override_that_is_not_valid_yaml_fails():
+    with pytest.raises(ConfigError, match=r"override --size: value '\[1, 2' is not valid yaml"):
+        apply_overrides({"size": [1, 2]}, ["--size", "[1, 2"])
+    assert apply_overrides({"root": "data/"}, ["--root", "a: b: c"])["root"] == "a: b: c"  # a string key takes the text
+
+
 def test_unknown_override_names_closest_keys(config_tree):
     with pytest.raises(ConfigError) as e:
         load_config(str(config_tree), ["--model.widht", "3"])

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from mmdet3d.datasets.builder import PIPELINES
+from mmdet3d.datasets.example_batches import keyframe_batch
 from mmdet3d.models import build_model
 from mmdet3d.utils.config import load_config
-from keyframe_paths import KEYFRAME, keyframe_batch
+from keyframe_paths import KEYFRAME
 from keyframe_paths import PKL as KEYFRAME_PKL
 from model_inputs import make_batch, one_thread  # noqa: F401 (fixture)
 
@@ -109,7 +110,7 @@ def keyframe_batches():
     """Per nuScenes config: the keyframe through that config's test pipeline, collated (B = 1)."""
     if not KEYFRAME_PKL.is_file():
         pytest.skip(f"real nuScenes keyframe not found at {KEYFRAME}")
-    return keyframe_batch
+    return lambda cfg: keyframe_batch(cfg, KEYFRAME)
 
 
 @pytest.mark.parametrize("path", NUSCENES)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import time
 
 import pytest
 import torch
@@ -54,7 +55,7 @@ def dist_run(tmp_path_factory):
 def single_run(tmp_path_factory):
     run = str(tmp_path_factory.mktemp("single"))
     check_ok(run_tool("train", TOY_CONFIG, "--run-dir", run, "--data.samples_per_gpu", "2", *_EXACT))
-    ckpt = torch.load(os.path.join(run, "epoch_2.pth"), weights_only=False)
+    ckpt = torch.load(os.path.join(run, "epoch_2.pth"), weights_only=True)
     assert ckpt["meta"]["iter"] == 8  # as many optimiser steps as 2 ranks x 1 sample: 8 samples / 2
     return run
 
@@ -103,6 +104,17 @@ def test_test_tool_dist_run_matches_single(dist_run, tmp_path):
     assert len(a) == len(b) == 5
     for pa, pb in zip(a, b):
         assert torch.allclose(pa["boxes_3d"], pb["boxes_3d"], atol=1e-6)
+
+
+def test_a_rank_that_stops_responding_ends_the_run_naming_it(tmp_path):
+    # rank 1 hangs in its 3rd training forward pass; rank 0 waits in the gradient all-reduce
+    args = ["--run-dir", str(tmp_path / "hang"), "--data.samples_per_gpu", "1", "--model.hang_at_call", "3", "--dist_timeout_s", "4", *_EXACT]
+    start = time.monotonic()
+    proc = run_tool("train", TOY_CONFIG, *args, launcher="torchrun", timeout=120)
+    assert proc.returncode != 0 and time.monotonic() - start < 90
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: rank 0: a collective operation timed out after 4 s (dist_timeout_s): "
+                      "stopped responding: rank 1 (last at epoch 1, iteration 3)"], proc.stderr[-3000:]
 
 
 # ----- helpers, single process -----

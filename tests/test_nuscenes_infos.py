@@ -80,7 +80,7 @@ def test_infos_written_with_expected_fields(data, nusc):
             assert os.path.isfile(os.path.join(data["root"], info["lidar_path"]))
             assert list(info["cams"]) == list(CAMERA_NAMES)
             for cam in info["cams"].values():
-                assert set(cam) == SWEEP_KEYS | {"camera_intrinsics"} and cam["camera_intrinsics"].shape == (3, 3)
+                assert set(cam) == SWEEP_KEYS | {"camera_intrinsics", "width", "height"} and cam["camera_intrinsics"].shape == (3, 3)
             n = len(info["gt_boxes"])
             assert info["gt_boxes"].shape == (n, 7) and info["gt_velocity"].shape == (n, 2)
             for key in ("gt_names", "num_lidar_pts", "num_radar_pts", "valid_flag", "gt_attrs"):

@@ -54,7 +54,7 @@ def test_train_writes_config_logs_checkpoints(straight_run):
     cfg = yaml.safe_load(open(os.path.join(run, "configs.yaml")))
     assert cfg["data"]["test"] == cfg["data"]["val"] and cfg["model"]["type"] == "ToyDetector"  # references resolved
     assert os.readlink(os.path.join(run, "latest.pth")) == "epoch_2.pth"
-    ckpt = torch.load(os.path.join(run, "epoch_2.pth"), weights_only=False)
+    ckpt = torch.load(os.path.join(run, "epoch_2.pth"), weights_only=True)
     assert ckpt["meta"]["epoch"] == 2 and ckpt["meta"]["iter"] == 8  # 8 samples / batch 2 = 4 steps per epoch
     assert ckpt["scheduler"]["last_iter"] == 8 and ckpt["meta"]["config"]["max_epochs"] == 2
     records = [json.loads(line) for line in open(os.path.join(run, "log.jsonl"))]
@@ -76,8 +76,8 @@ def _resume_check_dirs(reference_dir: str, run: str, config: str, extra: list[st
     os.symlink("epoch_1.pth", os.path.join(run, "latest.pth"))
     proc = check_ok(run_tool("train", config, "--run-dir", run, "--resume", *extra, timeout=600))
     assert "resumed from" in proc.stdout and f"1 epochs done, {expected_steps} steps" in proc.stdout
-    straight = torch.load(os.path.join(reference_dir, "epoch_2.pth"), weights_only=False)
-    resumed = torch.load(os.path.join(run, "epoch_2.pth"), weights_only=False)
+    straight = torch.load(os.path.join(reference_dir, "epoch_2.pth"), weights_only=True)
+    resumed = torch.load(os.path.join(run, "epoch_2.pth"), weights_only=True)
     assert max_abs_diff(straight["state_dict"], resumed["state_dict"]) < 1e-6
     assert resumed["scheduler"] == straight["scheduler"] and resumed["meta"]["iter"] == straight["meta"]["iter"]
     exp_avg = lambda c: [s["exp_avg"] for s in c["optimizer"]["state"].values()]  # noqa: E731
@@ -97,7 +97,7 @@ def test_resume_with_workers_cyclic_and_accumulation(tmp_path):
     extra = ["--data.workers_per_gpu", "1", "--data.samples_per_gpu", "1"]
     reference = str(tmp_path / "straight")
     check_ok(run_tool("train", TOY_CYCLIC_CONFIG, "--run-dir", reference, *extra))
-    ckpt = torch.load(os.path.join(reference, "epoch_1.pth"), weights_only=False)
+    ckpt = torch.load(os.path.join(reference, "epoch_1.pth"), weights_only=True)
     assert ckpt["meta"]["iter"] == 4  # 8 iterations of batch 1, one optimiser step every 2
     _resume_check(tmp_path, TOY_CYCLIC_CONFIG, reference, extra)
 
@@ -199,10 +199,17 @@ def test_set_epoch_reaches_pipeline_steps():
 def test_teacher_config_trains_and_tests(tmp_path, teacher_fast):
     run = str(tmp_path / "teacher")
     check_ok(run_tool("train", TEACHER_CONFIG, "--run-dir", run, "--iters-per-epoch", "2", "--eval_interval", "0", *teacher_fast, timeout=600))
-    ckpt = torch.load(os.path.join(run, "epoch_1.pth"), weights_only=False)
+    ckpt = torch.load(os.path.join(run, "epoch_1.pth"), weights_only=True)
     assert ckpt["meta"]["iter"] == 2 and ckpt["meta"]["config"]["model"]["type"] == "BEVFusion"
     proc = check_ok(run_tool("test", TEACHER_CONFIG, os.path.join(run, "epoch_1.pth"), "--eval", "bbox", *teacher_fast, timeout=600))
     assert "| NDS" in proc.stdout and "| mAP" in proc.stdout
+    # the train split, scored against the devkit's train split, with its sample tokens saved
+    out = str(tmp_path / "train_preds.pkl")
+    proc = check_ok(run_tool("test", TEACHER_CONFIG, os.path.join(run, "epoch_1.pth"), "--split", "train", "--eval", "bbox", "--out", out,
+                             *teacher_fast, timeout=600))
+    root = teacher_fast[teacher_fast.index("--dataset_root") + 1]
+    train_tokens = [info["token"] for info in pickle.load(open(os.path.join(root, "nuscenes_infos_train.pkl"), "rb"))["infos"]]
+    assert "| NDS" in proc.stdout and [p["token"] for p in pickle.load(open(out, "rb"))] == train_tokens
 
 
 def test_teacher_config_benchmark(teacher_fast):

@@ -80,7 +80,7 @@ def check_ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 def load_weights(path: str) -> dict[str, torch.Tensor]:
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = torch.load(path, map_location="cpu", weights_only=True)
     return obj["state_dict"] if "state_dict" in obj else obj
 
 

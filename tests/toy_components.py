@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ from torch.utils.data import Dataset
 
 from mmdet3d.datasets.builder import DATASETS
 from mmdet3d.models.builder import FUSION_MODELS
+from mmdet3d.utils import distributed as dist
 
 BEV_RANGE = 10.0  # metres: the BEV grid spans [-10, 10) in x and y
 
@@ -126,10 +128,12 @@ def _bev_occupancy(points: list[torch.Tensor], grid: int) -> torch.Tensor:
 class ToyDetector(nn.Module):
     """Cameras + points -> BEV -> centre regression of one object per sample."""
 
-    def __init__(self, channels: int = 8, grid: int = 8, use_bn: bool = False, nan_at_call: int | None = None):
+    def __init__(self, channels: int = 8, grid: int = 8, use_bn: bool = False, nan_at_call: int | None = None,
+                 hang_at_call: int | None = None, hang_rank: int = 1):
         super().__init__()
         self.grid = grid
         self.nan_at_call = nan_at_call
+        self.hang_at_call, self.hang_rank = hang_at_call, hang_rank  # a rank that stops responding
         self._train_calls = 0
         norm = (lambda c: nn.BatchNorm2d(c)) if use_bn else (lambda c: nn.Identity())
         self.encoders = nn.ModuleDict(
@@ -166,6 +170,8 @@ class ToyDetector(nn.Module):
             target = torch.stack([boxes[0, :2] for boxes in batch["gt_bboxes_3d"]])
             loss = F.smooth_l1_loss(centre, target)
             self._train_calls += 1
+            if self.hang_at_call is not None and self._train_calls >= self.hang_at_call and dist.get_rank() == self.hang_rank:
+                time.sleep(3600)
             if self.nan_at_call is not None and self._train_calls >= self.nan_at_call:
                 loss = loss * float("nan")
             return {"loss/object/centre": loss, "stats/centre_abs": centre.detach().abs().mean()}

@@ -21,22 +21,24 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from mmdet3d.apis.benchmark import format_latency_table, measure_latency  # noqa: E402
-from mmdet3d.apis.checkpoint import load_checkpoint_file, load_model_weights  # noqa: E402
 from mmdet3d.apis.data import resolve_collate, seed_everything, to_device  # noqa: E402
-from mmdet3d.apis.runner import build_dataset_from_config, build_model_from_config, cli_main, import_custom_modules  # noqa: E402
+from mmdet3d.apis.runner import add_debug_flag, build_dataset_from_config, build_model_from_config, cli_main, import_custom_modules  # noqa: E402
+from mmdet3d.utils.checkpoint import load_inference_weights  # noqa: E402
 from mmdet3d.utils.config import ConfigError, load_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(allow_abbrev=False, description="Time the stages of a model and its end-to-end throughput.")
     parser.add_argument("config", help="yaml config")
-    parser.add_argument("--checkpoint", default=None, help="optional weights (timings rarely depend on them, NMS does)")
+    parser.add_argument("--checkpoint", default=None, help="optional weights (timings rarely depend on them, NMS does); "
+                        "a distillation run's student-only checkpoint loads into the plain model")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--split", default="val", choices=("train", "val", "test"), help="dataset the input comes from")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    add_debug_flag(parser)
     return parser.parse_known_args(argv)
 
 
@@ -56,10 +58,9 @@ def main() -> None:
 
     model = build_model_from_config(cfg)
     if args.checkpoint:
-        ckpt = load_checkpoint_file(args.checkpoint)
-        load_model_weights(model, ckpt["state_dict"], strict=True, source=f"checkpoint {args.checkpoint}")
+        load_inference_weights(model, args.checkpoint)
     model.to(device).eval()
-    dataset = build_dataset_from_config(cfg, args.split)
+    dataset = build_dataset_from_config(cfg, args.split, inference=True)
     if len(dataset) == 0:
         raise ConfigError(f"data.{args.split} is empty")
     collate = resolve_collate(dataset)

@@ -13,17 +13,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def _check_writable(path: str) -> None:
-    """Fail early, naming the directory, rather than after minutes of work."""
-    probe = path
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe) or "."
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
-        raise PermissionError(f"output directory {path!r} is not writable ({probe!r} is not a writable directory)")
+from mmdet3d.apis.runner import add_debug_flag, cli_main  # noqa: E402
+from mmdet3d.datasets.nuscenes_converter import check_writable, create_infos  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,31 +38,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     nus.add_argument("--max-sweeps", type=int, default=10)
     nus.add_argument("--extra-tag", default="nuscenes", help="prefix of the written files")
     nus.add_argument("--no-database", action="store_true", help="skip the GT database for ObjectPaste")
+    for command in (syn, nus):
+        add_debug_flag(command)
     return parser.parse_args(argv)
 
 
-def create_infos(root_path: str, version: str, out_dir: str | None, max_sweeps: int, prefix: str, database: bool) -> dict:
-    from mmdet3d.datasets.nuscenes_converter import create_nuscenes_infos
-
-    out_dir = out_dir or root_path
-    _check_writable(out_dir)
-    summary = create_nuscenes_infos(root_path, version=version, out_dir=out_dir, max_sweeps=max_sweeps, info_prefix=prefix)
-    if database:
-        from mmdet3d.datasets.pipelines.dbsampler import create_groundtruth_database
-
-        train_info = os.path.join(out_dir, f"{prefix}_infos_train.pkl")
-        if os.path.exists(train_info):
-            summary["database"] = create_groundtruth_database(root_path, train_info, out_dir, info_prefix=prefix)
-    return summary
-
-
+@cli_main(extra_errors=(ValueError, KeyError, OSError))
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.time()
     if args.command == "synthetic":
         from mmdet3d.datasets.synthetic import generate_dataset
 
-        _check_writable(args.root_path)
+        check_writable(args.root_path)
         kwargs = dict(root_path=args.root_path, version=args.version, num_scenes=args.scenes, seed=args.seed)
         if args.keyframes is not None:
             kwargs["keyframes_per_scene"] = args.keyframes
@@ -88,8 +67,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError, PermissionError, KeyError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(main())

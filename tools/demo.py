@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import subprocess
 import sys
 import time
 from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mmdet3d.utils.data_files import load_trusted_pickle  # noqa: E402
 
 STAMP = ".demo_stamp.json"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,8 +59,7 @@ def summarise(root: str, version: str) -> None:
           f"{len(nusc.sample_annotation)} annotations, {len(nusc.instance)} instances")
     for split in ("train", "val"):
         path = os.path.join(root, f"nuscenes_infos_{split}.pkl")
-        with open(path, "rb") as f:
-            infos = pickle.load(f)["infos"]
+        infos = load_trusted_pickle(path)["infos"]
         names = Counter(n for info in infos for n in info["gt_names"])
         boxes = sum(len(info["gt_names"]) for info in infos)
         print(f"{split}: {len(infos)} samples, {boxes} boxes; per class: " + ", ".join(f"{k} {v}" for k, v in sorted(names.items())))
@@ -104,7 +104,7 @@ def main() -> int:
     print(f"stage time {time.time() - t:.1f} s")
 
     t = stage("2. info files: tools/create_data.py nuscenes")
-    from tools.create_data import create_infos
+    from mmdet3d.datasets.nuscenes_converter import create_infos
 
     summary = create_infos(args.root_path, args.version, None, 10, "nuscenes", True)
     print(json.dumps(summary, indent=2, default=str))

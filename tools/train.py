@@ -17,9 +17,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mmdet3d.apis.checkpoint import find_latest_checkpoint  # noqa: E402
 from mmdet3d.apis.data import seed_everything  # noqa: E402
 from mmdet3d.apis.runner import (  # noqa: E402
+    add_debug_flag,
     build_dataset_from_config,
     build_model_from_config,
     cli_main,
@@ -30,6 +30,7 @@ from mmdet3d.apis.runner import (  # noqa: E402
 )
 from mmdet3d.apis.train import train_model  # noqa: E402
 from mmdet3d.utils import distributed as dist  # noqa: E402
+from mmdet3d.utils.checkpoint import find_resumable_checkpoint, remove_stale_temporary_files  # noqa: E402
 from mmdet3d.utils.config import ConfigError, dump_config, load_config  # noqa: E402
 from mmdet3d.utils.logging import RunLogger  # noqa: E402
 
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--load_from", "--load-from", dest="load_from", default=None, help="initialise weights from this checkpoint")
     parser.add_argument("--iters-per-epoch", type=int, default=None, help="debug: cut every epoch to this many iterations")
     parser.add_argument("--debug-rank-dumps", action="store_true", help="debug: every rank saves its weights to run_dir/debug/ after step 1 and at the end")
+    add_debug_flag(parser)
     return parser.parse_known_args(argv)
 
 
@@ -56,24 +58,30 @@ def count(n: int) -> str:
 @cli_main
 def main() -> None:
     args, overrides = parse_args()
-    info = dist.init_distributed()
-    configure_cpu_threads(info.local_world_size)
     cfg = load_config(args.config, overrides)
+    info = dist.init_distributed(timeout_s=cfg.get("dist_timeout_s"))
+    configure_cpu_threads(info.local_world_size)
     import_custom_modules(cfg)
 
     run_dir = prepare_run_dir(args.run_dir or default_run_dir(args.config), rank=info.rank)
     logger = RunLogger(run_dir, rank=info.rank)
     try:
         if info.rank == 0:
+            for path in remove_stale_temporary_files(run_dir):
+                logger.info(f"removed {path}, left behind by a killed write")
             dump_config(cfg, os.path.join(run_dir, "configs.yaml"))
         logger.info(f"config {args.config} -> {os.path.join(run_dir, 'configs.yaml')}")
         logger.info(f"launcher {info.launcher}, world size {info.world_size}, backend {info.backend or 'none'}, device {info.device}")
 
         resume_from = cfg.get("resume_from")
         if args.resume:
-            resume_from = find_latest_checkpoint(run_dir)
+            resume_from, skipped = find_resumable_checkpoint(run_dir)
+            for reason in skipped:
+                logger.warning(f"--resume: passing over an unreadable checkpoint: {reason}")
             if resume_from is None:
-                raise ConfigError(f"--resume: no checkpoint (latest.pth or epoch_N.pth) in run dir {run_dir}")
+                raise ConfigError(f"--resume: no checkpoint (latest.pth or epoch_N.pth) that loads in run dir {run_dir}")
+            if skipped:
+                logger.warning(f"--resume: falling back to {resume_from}, the newest complete checkpoint")
         load_from = args.load_from or cfg.get("load_from")
         if resume_from and load_from:
             print_once = f"resuming from {resume_from}; load_from {load_from} is ignored"
@@ -92,19 +100,20 @@ def main() -> None:
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         logger.info(f"model {type(model).__name__}: {count(n_params)} parameters ({count(n_train)} trainable); train samples {len(train_dataset)}")
 
-        summary = train_model(
-            model,
-            train_dataset,
-            cfg,
-            run_dir=run_dir,
-            info=info,
-            logger=logger,
-            val_dataset=val_dataset,
-            resume_from=resume_from,
-            load_from=load_from,
-            max_iters_per_epoch=args.iters_per_epoch,
-            debug_rank_dumps=args.debug_rank_dumps,
-        )
+        with dist.timeout_guard():
+            summary = train_model(
+                model,
+                train_dataset,
+                cfg,
+                run_dir=run_dir,
+                info=info,
+                logger=logger,
+                val_dataset=val_dataset,
+                resume_from=resume_from,
+                load_from=load_from,
+                max_iters_per_epoch=args.iters_per_epoch,
+                debug_rank_dumps=args.debug_rank_dumps,
+            )
         logger.info(f"finished: {summary['epochs']} epochs, {summary['steps']} optimiser steps; last checkpoint {summary['last_checkpoint']}")
     finally:
         logger.close()

@@ -1,3 +1,3 @@
 """Loops and helpers shared by the tools: ``train`` (Trainer), ``test`` (distributed inference),
-``checkpoint``, ``data`` (loaders, seeding), ``benchmark`` (stage timers), ``runner`` (run dirs,
+``data`` (loaders, seeding), ``benchmark`` (stage timers), ``runner`` (run dirs,
 building from config, user-error reporting). Import the submodules directly."""

@@ -1,11 +1,14 @@
 """Pieces every tool shares: run directories, component building, user-error reporting.
 
-User errors (a wrong path, key, value or checkpoint) raise one of ``USER_ERRORS``; ``cli_main``
-catches them at the top of a tool, prints one ``error: ...`` line and exits with status 2, so
-the user never reads a traceback for a mistake in their command line or config.
+User errors (a wrong path, key, value, data file or checkpoint, a full disk, a rank that stopped
+responding) raise one of ``USER_ERRORS``; ``cli_main`` catches them at the top of a tool, prints
+one ``error: ...`` line and exits with status 2, so the user never reads a traceback for a
+mistake in their command line, config or data. ``--debug`` keeps the traceback.
 """
 from __future__ import annotations
 
+import argparse
+import errno
 import functools
 import importlib
 import os
@@ -14,15 +17,19 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from mmdet3d.apis.checkpoint import CheckpointError
+from mmdet3d.datasets.nuscenes_dataset import PredictionError
+from mmdet3d.utils.checkpoint import CheckpointError
 from mmdet3d.utils.config import ConfigError
-from mmdet3d.utils.distributed import DistributedSetupError
+from mmdet3d.utils.data_files import DataFileError, MissingDataFileError
+from mmdet3d.utils.distributed import CollectiveTimeoutError, DistributedSetupError
 
 __all__ = [
     "RunDirError",
     "NonFiniteLossError",
     "USER_ERRORS",
     "cli_main",
+    "add_debug_flag",
+    "error_line",
     "default_run_dir",
     "prepare_run_dir",
     "import_custom_modules",
@@ -40,18 +47,47 @@ class NonFiniteLossError(RuntimeError):
     """A loss term became nan/inf; training stopped before the bad step was applied."""
 
 
-USER_ERRORS = (ConfigError, CheckpointError, RunDirError, NonFiniteLossError, DistributedSetupError)
+USER_ERRORS = (
+    ConfigError, CheckpointError, RunDirError, NonFiniteLossError, DistributedSetupError, CollectiveTimeoutError,
+    DataFileError, MissingDataFileError, PredictionError,
+)
+DEBUG_FLAG = "--debug"
 
 
-def cli_main(main: Callable[[], Any]) -> Callable[[], None]:
-    """Wrap a tool's ``main``: known user errors become one line on stderr and exit status 2."""
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(DEBUG_FLAG, action="store_true", help="show the full traceback of an error instead of one 'error:' line")
+
+
+def error_line(error: BaseException) -> str:
+    """The message of ``error`` on one line; an error re-raised from a DataLoader worker (whose
+    message holds the worker's traceback) gives the worker's own message."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        name, _, message = last.partition(": ")
+        text = message if message and name.rsplit(".", 1)[-1] == type(error).__name__ else last
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        text = f"cannot write {error.filename or 'a file'}: no space left on device"
+    return " ".join(text.split())
+
+
+def cli_main(main: Callable[..., Any] | None = None, *, extra_errors: tuple[type[BaseException], ...] = ()) -> Callable[..., Any]:
+    """Wrap a tool's ``main``: user errors (``USER_ERRORS``, ``extra_errors``, a full disk) become
+    one ``error: ...`` line on stderr and exit status 2, unless ``--debug`` is on the command line."""
+    if main is None:
+        return functools.partial(cli_main, extra_errors=extra_errors)
+    caught = USER_ERRORS + tuple(extra_errors)
 
     @functools.wraps(main)
-    def wrapper() -> None:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = DEBUG_FLAG in sys.argv[1:]
         try:
-            main()
-        except USER_ERRORS as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
+            return main(*args, **kwargs)
+        except Exception as e:
+            disk_full = isinstance(e, OSError) and e.errno == errno.ENOSPC
+            if debug or not (isinstance(e, caught) or disk_full):
+                raise
+            print(f"error: {error_line(e)}", file=sys.stderr, flush=True)
             sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr, flush=True)
@@ -125,14 +161,26 @@ def build_model_from_config(cfg: Mapping[str, Any]) -> torch.nn.Module:
     return _build("model", "model", cfg["model"], build_model)
 
 
-def build_dataset_from_config(cfg: Mapping[str, Any], split: str) -> Any:
-    """The dataset ``data.<split>`` (``train``, ``val`` or ``test``)."""
+def build_dataset_from_config(cfg: Mapping[str, Any], split: str, inference: bool = False) -> Any:
+    """The dataset ``data.<split>`` (``train``, ``val`` or ``test``).
+
+    ``inference``: for testing a model on it. ``data.train`` is then read without a dataset
+    wrapper (``dataset:`` of e.g. CBGSDataset), in test mode and with ``data.test``'s pipeline, so
+    that no augmentation or resampling touches the samples being scored.
+    """
     from mmdet3d.datasets.builder import build_dataset
 
     data = cfg.get("data")
     if not isinstance(data, Mapping) or split not in data or data[split] is None:
         raise ConfigError(f"config has no dataset at data.{split}")
-    return _build("dataset", f"data.{split}", data[split], build_dataset)
+    section = data[split]
+    if inference and split == "train" and isinstance(section, Mapping):
+        section = dict(section.get("dataset", section))
+        section["test_mode"] = True
+        test = data.get("test")
+        if isinstance(test, Mapping) and "pipeline" in test:
+            section["pipeline"] = test["pipeline"]
+    return _build("dataset", f"data.{split}", section, build_dataset)
 
 
 def configure_cpu_threads(local_world_size: int) -> int:

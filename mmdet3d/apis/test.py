@@ -8,14 +8,14 @@ no sample is missing.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mmdet3d.apis.checkpoint import unwrap_model
+from mmdet3d.utils.checkpoint import unwrap_model
 from mmdet3d.apis.data import to_device
 from mmdet3d.utils import distributed as dist
 
@@ -46,7 +46,11 @@ def _batch_size(batch: Any) -> int | None:
 
 @torch.no_grad()
 def single_process_inference(model: nn.Module, loader: DataLoader, device: torch.device, desc: str = "test", show_progress: bool = True) -> list[tuple[int, Any]]:
-    """``(dataset_index, prediction)`` for every sample this process's sampler yields, in order."""
+    """``(dataset_index, prediction)`` for every sample this process's sampler yields, in order.
+
+    Each prediction dict gets the sample's ``token`` from the batch ``metas`` (when they hold one),
+    so saved predictions can be matched to their samples.
+    """
     model = unwrap_model(model)
     was_training = model.training
     model.eval()
@@ -62,9 +66,14 @@ def single_process_inference(model: nn.Module, loader: DataLoader, device: torch
             expected = _batch_size(batch)
             if expected is not None and len(outputs) != expected:
                 raise ValueError(f"model returned {len(outputs)} predictions for a batch of {expected} samples")
-            for out in outputs:
-                pairs.append((indices[position], outputs_to_cpu(out)))
+            metas = batch.get("metas") if isinstance(batch, dict) else None
+            for k, out in enumerate(outputs):
+                out = outputs_to_cpu(out)
+                if isinstance(out, dict) and isinstance(metas, list) and isinstance(metas[k], Mapping) and "token" in metas[k]:
+                    out.setdefault("token", metas[k]["token"])
+                pairs.append((indices[position], out))
                 position += 1
+            dist.report_progress(f"{desc}, {position} of {len(indices)} samples")
             bar.update(len(outputs))
     finally:
         bar.close()

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from mmdet3d.apis.checkpoint import cpu_state_dict, load_checkpoint_file, load_model_weights, save_checkpoint, update_latest_link
+from mmdet3d.utils.checkpoint import cpu_state_dict, load_checkpoint_file, load_model_weights, save_checkpoint, update_latest_link
 from mmdet3d.apis.data import build_test_loader_from_config, build_train_loader, start_epoch, to_device
 from mmdet3d.apis.runner import NonFiniteLossError
 from mmdet3d.apis.test import inference
@@ -167,7 +167,8 @@ class Trainer:
     def load_weights(self, path: str) -> None:
         """``load_from``: weights only; missing and unexpected keys are reported, not fatal."""
         ckpt = load_checkpoint_file(path)
-        missing, unexpected = load_model_weights(self.model, ckpt["state_dict"], strict=False, source=f"load_from {path}")
+        report = load_model_weights(self.model, ckpt["state_dict"], strict=False, source=f"load_from {path}")
+        missing, unexpected = report
         self.logger.info(f"initialised weights from {path}: {len(missing)} missing keys, {len(unexpected)} unexpected keys")
         if missing:
             self.logger.warning(f"keys missing in {path} (kept at initialisation): {', '.join(missing[:20])}")
@@ -229,6 +230,7 @@ class Trainer:
             for i, batch in enumerate(self.loader):
                 if i >= self.iters_per_epoch:
                     break
+                dist.report_progress(f"epoch {epoch + 1}, iteration {i + 1}")
                 terms = self.train_step(to_device(batch, self.device), epoch, i)
                 for name, value in terms.items():
                     window.setdefault(name, []).append(value)

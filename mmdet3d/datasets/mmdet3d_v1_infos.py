@@ -8,11 +8,11 @@ translations, 3x3 ``sensor2lidar`` rotations and integer microseconds.
 from __future__ import annotations
 
 import os
-import pickle
 
 import numpy as np
 
 from mmdet3d.datasets.nuscenes_utils import matrix_to_pose
+from mmdet3d.utils.data_files import load_trusted_pickle
 
 __all__ = ["load_mmdet3d_v1_infos", "is_mmdet3d_v1_infos"]
 
@@ -122,11 +122,8 @@ def convert_v1_info(entry: dict, label_names: dict[int, str], data_root: str) ->
 
 def load_mmdet3d_v1_infos(pkl_path: str, data_root: str | None = None) -> list[dict]:
     """Read an mmdet3d 1.x info pkl -> list of info dicts (paths joined with ``data_root``,
-    by default the pkl's folder)."""
-    if not os.path.isfile(pkl_path):
-        raise FileNotFoundError(f"info file not found: {pkl_path}")
-    with open(pkl_path, "rb") as f:
-        data = pickle.load(f)
+    by default the pkl's folder). The pkl is trusted input (``load_trusted_pickle``)."""
+    data = load_trusted_pickle(pkl_path)
     if not is_mmdet3d_v1_infos(data):
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{pkl_path} is not an mmdet3d 1.x info file: expected a 'data_list' key, found {keys}")

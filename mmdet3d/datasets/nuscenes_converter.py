@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from mmdet3d.datasets.nuscenes_utils import CAMERA_NAMES, TRAIN_VAL_SPLITS, check_version, pose_matrix
 
-__all__ = ["create_nuscenes_infos", "load_nuscenes", "obtain_sensor2lidar"]
+__all__ = ["create_nuscenes_infos", "create_infos", "check_writable", "load_nuscenes", "obtain_sensor2lidar"]
 
 _TABLES = (
     "category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor",
@@ -135,8 +135,10 @@ def sample_info(nusc, sample: dict, max_sweeps: int = 10, with_gt: bool = True) 
         if cam not in sample["data"]:
             continue
         rec = obtain_sensor2lidar(nusc, sample["data"][cam], lidar2ego, ego2global)
-        cs = nusc.get("calibrated_sensor", nusc.get("sample_data", sample["data"][cam])["calibrated_sensor_token"])
+        sd = nusc.get("sample_data", sample["data"][cam])
+        cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
         rec["camera_intrinsics"] = np.array(cs["camera_intrinsic"], dtype=np.float64)
+        rec["width"], rec["height"] = int(sd["width"]), int(sd["height"])
         info["cams"][cam] = rec
     prev = nusc.get("sample_data", lidar_token)["prev"]
     while prev and len(info["sweeps"]) < max_sweeps:  # newest first
@@ -198,3 +200,29 @@ def create_nuscenes_infos(
         result["paths"][split] = path
         result["counts"][split] = len(split_infos)
     return result
+
+
+def check_writable(path: str) -> None:
+    """Fail early, naming the directory, rather than after minutes of work."""
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe) or "."
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
+        raise PermissionError(f"output directory {path!r} is not writable ({probe!r} is not a writable directory)")
+
+
+def create_infos(root_path: str, version: str, out_dir: str | None, max_sweeps: int, prefix: str, database: bool) -> dict:
+    """The info files of ``create_nuscenes_infos`` and (``database``) the GT database of the train split."""
+    out_dir = out_dir or root_path
+    check_writable(out_dir)
+    summary = create_nuscenes_infos(root_path, version=version, out_dir=out_dir, max_sweeps=max_sweeps, info_prefix=prefix)
+    if database:
+        from mmdet3d.datasets.pipelines.dbsampler import create_groundtruth_database
+
+        train_info = os.path.join(out_dir, f"{prefix}_infos_train.pkl")
+        if os.path.exists(train_info):
+            summary["database"] = create_groundtruth_database(root_path, train_info, out_dir, info_prefix=prefix)
+    return summary

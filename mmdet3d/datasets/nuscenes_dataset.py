@@ -6,8 +6,8 @@ Reads our BEVFusion-style infos (``{"infos", "metadata"}``) and mmdet3d 1.x info
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
+from collections import Counter
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -15,12 +15,27 @@ from torch.utils.data import Dataset
 
 from mmdet3d.datasets.builder import DATASETS
 from mmdet3d.datasets.mmdet3d_v1_infos import convert_v1_data, is_mmdet3d_v1_infos
-from mmdet3d.datasets.nuscenes_utils import EVAL_SPLITS, NUSCENES_CLASSES, check_version, pose_matrix
+from mmdet3d.datasets.nuscenes_utils import EVAL_SPLITS, NUSCENES_CLASSES, TRAIN_VAL_SPLITS, check_version, pose_matrix
 from mmdet3d.datasets.pipelines.compose import Compose
+from mmdet3d.utils.data_files import DataFileError, MissingDataFileError, load_trusted_pickle, with_sample_token
 
-__all__ = ["NuScenesDataset"]
+__all__ = ["NuScenesDataset", "PredictionError"]
 
 _DEFAULT_MODALITY = {"use_camera": True, "use_lidar": True, "use_radar": False, "use_map": False, "use_external": False}
+
+
+class PredictionError(ValueError):
+    """Predictions do not fit the dataset (tokens, count) or hold nan/inf; the message names the sample."""
+
+
+def check_finite_predictions(results: Sequence[Mapping], tokens: Sequence[str]) -> None:
+    """``PredictionError`` naming the sample whose ``boxes_3d`` or ``scores_3d`` hold nan/inf."""
+    for result, token in zip(results, tokens):
+        for key in ("boxes_3d", "scores_3d"):
+            values = np.asarray(result[key].detach().cpu() if hasattr(result[key], "detach") else result[key], dtype=np.float64)
+            if not np.isfinite(values).all():
+                raise PredictionError(f"prediction for sample {token}: {key} holds {int((~np.isfinite(values)).sum())} "
+                                      f"non-finite values (nan/inf)")
 
 
 @DATASETS.register_module()
@@ -77,12 +92,15 @@ class NuScenesDataset(Dataset):
         under_root = os.path.join(dataset_root, ann_file)
         if os.path.isfile(under_root):
             return under_root
-        raise FileNotFoundError(f"info file not found: {ann_file} (also looked for {under_root})")
+        raise MissingDataFileError(f"info file not found: {ann_file} (also looked for {under_root})")
 
     def load_annotations(self, ann_file: str) -> tuple[list[dict], str | None]:
-        """-> (infos, version from the file's metadata or None)."""
-        with open(ann_file, "rb") as f:
-            data = pickle.load(f)
+        """-> (infos, version from the file's metadata or None).
+
+        The info file is a plain pickle, so it is trusted input (``load_trusted_pickle``); a
+        truncated or corrupt one is a ``DataFileError`` naming it.
+        """
+        data = load_trusted_pickle(ann_file)
         if is_mmdet3d_v1_infos(data):
             return convert_v1_data(data, ann_file, self.dataset_root), data.get("metainfo", {}).get("version")
         if not isinstance(data, dict) or "infos" not in data:
@@ -110,9 +128,10 @@ class NuScenesDataset(Dataset):
             "lidar2ego": pose_matrix(info["lidar2ego_rotation"], info["lidar2ego_translation"]).astype(np.float32),
             "ego2global": pose_matrix(info["ego2global_rotation"], info["ego2global_translation"]).astype(np.float32),
         }
-        image_paths, intrinsics, camera2ego, camera2lidar = [], [], [], []
+        image_paths, image_sizes, intrinsics, camera2ego, camera2lidar = [], [], [], [], []
         for cam in info["cams"].values():
             image_paths.append(self._abspath(cam["data_path"]))
+            image_sizes.append((cam["height"], cam["width"]) if cam.get("width") else None)
             k = np.eye(4)
             k[:3, :3] = cam["camera_intrinsics"]
             intrinsics.append(k)
@@ -122,6 +141,8 @@ class NuScenesDataset(Dataset):
         intrinsics = np.array(intrinsics).reshape(-1, 4, 4)
         camera2lidar = np.array(camera2lidar).reshape(-1, 4, 4)
         lidar2camera = np.linalg.inv(camera2lidar)
+        if any(size is not None for size in image_sizes):
+            data["image_sizes"] = image_sizes
         data.update(
             image_paths=image_paths,
             camera_intrinsics=intrinsics.astype(np.float32),
@@ -162,11 +183,11 @@ class NuScenesDataset(Dataset):
         return files
 
     def check_files(self, index: int | None = None) -> None:
-        """Raise ``FileNotFoundError`` naming the first missing file and its sample token."""
+        """Raise ``MissingDataFileError`` naming the first missing file and its sample token."""
         for i in range(len(self)) if index is None else [index]:
             for path in self.sample_files(i):
                 if not os.path.exists(path):
-                    raise FileNotFoundError(
+                    raise MissingDataFileError(
                         f"file not found: {path} (sample token {self.data_infos[i]['token']}, "
                         f"info file {self.ann_file})"
                     )
@@ -175,7 +196,10 @@ class NuScenesDataset(Dataset):
         self.check_files(index)
         data = self.get_data_info(index)
         if self.pipeline is not None:
-            data = self.pipeline(data)
+            try:
+                data = self.pipeline(data)
+            except (DataFileError, MissingDataFileError) as e:
+                raise with_sample_token(e, data["token"]) from e
         if data is not None and not self.test_mode and self.filter_empty_gt:
             labels = data.get("gt_labels_3d", data.get("ann_info", {}).get("gt_labels_3d"))
             if labels is None or not (np.asarray(labels) >= 0).any():
@@ -215,14 +239,20 @@ class NuScenesDataset(Dataset):
         if results and all("token" in r for r in results):
             unknown = [r["token"] for r in results if r["token"] not in by_token]
             if unknown:
-                raise ValueError(f"{len(unknown)} predictions name sample tokens not in {self.ann_file} "
-                                 f"(first: {unknown[0]})")
+                raise PredictionError(f"{len(unknown)} predictions name sample tokens not in {self.ann_file} "
+                                      f"(first: {unknown[0]}); were they made on another split?")
+            repeated = [token for token, n in Counter(r["token"] for r in results).items() if n > 1]
+            if repeated:
+                raise PredictionError(f"{len(repeated)} predictions repeat a sample token (first: {repeated[0]})")
             infos = [by_token[r["token"]] for r in results]
+        elif any("token" in r for r in results):
+            raise PredictionError(f"{sum('token' not in r for r in results)} of {len(results)} predictions have no 'token'")
         elif len(results) != len(self):
-            raise ValueError(f"{len(results)} predictions without 'token' keys for {len(self)} samples; "
-                             f"give one per sample in dataset order or add 'token' to each")
+            raise PredictionError(f"{len(results)} predictions without 'token' keys for {len(self)} samples; "
+                                  f"give one per sample in dataset order or add 'token' to each")
         else:
             infos = self.data_infos
+        check_finite_predictions(results, [info["token"] for info in infos])
         samples = [{
             "token": info["token"],
             "lidar2ego": pose_matrix(info["lidar2ego_rotation"], info["lidar2ego_translation"]),
@@ -248,5 +278,16 @@ class NuScenesDataset(Dataset):
         from mmdet3d.datasets.nuscenes_eval import run_detection_eval, summarize_metrics, write_results
 
         result_path = write_results(self.format_results(results), out_dir)
-        summary = run_detection_eval(self.nusc, result_path, EVAL_SPLITS[self.version], out_dir, self.eval_version)
+        summary = run_detection_eval(self.nusc, result_path, self.eval_split(), out_dir, self.eval_version)
         return summarize_metrics(summary)
+
+    def eval_split(self) -> str:
+        """The devkit split that holds every sample of this dataset (a train info file is scored
+        against the train split); ``EVAL_SPLITS`` of the version when none does."""
+        from mmdet3d.datasets.nuscenes_eval import split_sample_tokens
+
+        tokens = {info["token"] for info in self.data_infos}
+        for split in TRAIN_VAL_SPLITS[self.version]:
+            if split is not None and tokens <= set(split_sample_tokens(self.nusc, split)):
+                return split
+        return EVAL_SPLITS[self.version]

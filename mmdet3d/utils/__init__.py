@@ -1,3 +1,5 @@
+"""Bottom layer (imports nothing else of mmdet3d): ``config``, ``registry``, ``logging``,
+``distributed``, ``checkpoint``."""
 from .config import ConfigError, apply_overrides, dump_config, load_config, resolve_references
 from .registry import Registry, build_from_cfg
 

@@ -85,15 +85,55 @@ def resolve_references(cfg: dict) -> dict:
     return cfg
 
 
-def _parse_value(text: str) -> Any:
+_KIND = {bool: "a boolean (true or false)", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}
+
+
+def _kind(value: Any) -> type:
+    for kind in _KIND:  # bool before int: True is an int in Python
+        if isinstance(value, kind):
+            return kind
+    return type(value)
+
+
+def _parse_value(key: str, text: str, old: Any) -> Any:
+    """The yaml value of ``--key text``, of the kind of the value it replaces (``old``).
+
+    ``null`` may replace anything and anything may replace ``null`` or a whole ``${...}``
+    reference; an integer becomes a float where a float stood; a string key keeps the text as
+    written. Anything else of another kind, or text that is not valid yaml, is a ``ConfigError``.
+    """
+    untyped = old is None or (isinstance(old, str) and _REF.fullmatch(old.strip()) is not None)
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        if isinstance(old, str) and not untyped:
+            return text
+        problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+        raise ConfigError(f"override --{key}: value {text!r} is not valid yaml ({problem})") from None
+    if untyped or value is None:
+        return value
+    expected, got = _kind(old), _kind(value)
+    if expected is str:
+        if got in (list, dict):
+            raise ConfigError(f"override --{key} expects a string, got {text!r} ({_KIND[got]})")
+        return value if got is str else text
+    if expected is float and got is int:
+        return float(value)
+    if expected is float and got is str:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    if expected is not got:
+        hint = " (needs a whole number)" if expected is int and got is float else ""
+        current = f"now {old!r}" if expected not in (list, dict) else f"now a {expected.__name__}"
+        raise ConfigError(f"override --{key} expects {_KIND.get(expected, expected.__name__)}{hint}, got {text!r}; {current}")
+    return value
 
 
 def apply_overrides(cfg: dict, opts: Iterable[str]) -> dict:
-    """Apply ``--a.b.c value`` / ``--a.b.c=value`` pairs; every key must already exist."""
+    """Apply ``--a.b.c value`` / ``--a.b.c=value`` pairs; every key must already exist and the
+    value must be of its kind (``_parse_value``)."""
     opts = list(opts)
     i = 0
     while i < len(opts):
@@ -115,7 +155,7 @@ def apply_overrides(cfg: dict, opts: Iterable[str]) -> dict:
             if not isinstance(node, dict) or part not in node:
                 raise ConfigError(_unknown_key_message(key, cfg, "override key"))
             if depth == len(parts) - 1:
-                node[part] = _parse_value(text)
+                node[part] = _parse_value(key, text, node[part])
             else:
                 node = node[part]
     return cfg

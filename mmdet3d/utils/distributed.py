@@ -12,13 +12,21 @@ Launch modes (detected from the environment, nothing to set by hand):
 The backend is NCCL when CUDA is available and gloo otherwise. torchpack's own
 ``torchpack.distributed`` rank/size functions are kept in sync, so model code that calls
 ``torchpack.distributed.rank()`` sees the right values.
+
+Collectives time out after ``timeout_s`` (config key ``dist_timeout_s``; default 5 minutes on
+CPU, 30 on CUDA). Inside ``timeout_guard`` a timed-out collective becomes a
+``CollectiveTimeoutError`` that names the rank(s) that stopped responding: every rank that times
+out says so in the process group's store, and the ranks silent after a short grace period are
+the ones that hang. ``report_progress`` records where each rank was last.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as torch_dist
@@ -26,6 +34,10 @@ import torch.distributed as torch_dist
 __all__ = [
     "DistInfo",
     "DistributedSetupError",
+    "CollectiveTimeoutError",
+    "DEFAULT_TIMEOUT_S",
+    "timeout_guard",
+    "report_progress",
     "detect_launcher",
     "init_distributed",
     "destroy_distributed",
@@ -47,6 +59,14 @@ class DistributedSetupError(RuntimeError):
     """The launch environment is incomplete or inconsistent; the message says which variable."""
 
 
+class CollectiveTimeoutError(RuntimeError):
+    """A collective operation timed out: another rank stopped responding; the message names it."""
+
+
+DEFAULT_TIMEOUT_S = {"cpu": 300.0, "cuda": 1800.0}
+_KEY = "mmdet3d/"
+
+
 @dataclass
 class DistInfo:
     launcher: str  # "none" | "torchpack" | "torchrun"
@@ -56,6 +76,7 @@ class DistInfo:
     local_world_size: int = 1
     backend: str | None = None
     device: torch.device = torch.device("cpu")
+    timeout_s: float = DEFAULT_TIMEOUT_S["cpu"]
 
     @property
     def distributed(self) -> bool:
@@ -94,11 +115,12 @@ def _sync_torchpack_context(info: DistInfo, local_size: int) -> None:
     context._local_size, context._local_rank = local_size, info.local_rank
 
 
-def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0) -> DistInfo:
+def init_distributed(backend: str | None = None, timeout_s: float | None = None) -> DistInfo:
     """Initialise the default process group if launched with several processes.
 
-    Returns the rank/world-size/device of this process; with one process no group is created.
-    Calling it twice returns the first result.
+    ``timeout_s``: how long a collective waits for the other ranks (None: ``DEFAULT_TIMEOUT_S``
+    of the device). Returns the rank/world-size/device of this process; with one process no
+    group is created. Calling it twice returns the first result.
     """
     global _INFO
     if torch_dist.is_available() and torch_dist.is_initialized():
@@ -134,9 +156,14 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0) 
     else:
         device = torch.device("cpu")
     backend = backend or ("nccl" if use_cuda else "gloo")
+    if timeout_s is None:
+        timeout_s = DEFAULT_TIMEOUT_S["cuda" if use_cuda else "cpu"]
+    if not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool) or timeout_s <= 0:
+        raise DistributedSetupError(f"dist_timeout_s must be a positive number of seconds, got {timeout_s!r}")
 
     info = DistInfo(
-        launcher=launcher, rank=rank, world_size=world_size, local_rank=local_rank, local_world_size=local_size, device=device
+        launcher=launcher, rank=rank, world_size=world_size, local_rank=local_rank, local_world_size=local_size, device=device,
+        timeout_s=float(timeout_s),
     )
     if world_size > 1:
         torch_dist.init_process_group(
@@ -144,7 +171,7 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0) 
             init_method=init_method,
             world_size=world_size,
             rank=rank,
-            timeout=datetime.timedelta(minutes=timeout_minutes),
+            timeout=datetime.timedelta(seconds=float(timeout_s)),
         )
         info.backend = backend
     _INFO = info
@@ -153,10 +180,75 @@ def init_distributed(backend: str | None = None, timeout_minutes: float = 30.0) 
 
 
 def destroy_distributed() -> None:
-    global _INFO
-    if torch_dist.is_available() and torch_dist.is_initialized():
+    """Tear down the process group (left alone after a timeout: its peers may never answer)."""
+    global _INFO, _TIMED_OUT
+    if torch_dist.is_available() and torch_dist.is_initialized() and not _TIMED_OUT:
         torch_dist.destroy_process_group()
-    _INFO = DistInfo(launcher="none")
+    _INFO, _TIMED_OUT = DistInfo(launcher="none"), False
+
+
+_TIMED_OUT = False
+
+
+def _store():
+    try:
+        return torch_dist.distributed_c10d._get_default_store()
+    except Exception:  # no group, or a torch without the private accessor
+        return None
+
+
+def report_progress(where: str) -> None:
+    """Record in the store that this rank reached ``where`` (e.g. ``epoch 1, iteration 3``)."""
+    store = _store() if is_distributed() else None
+    if store is not None:
+        store.set(f"{_KEY}progress/{get_rank()}", where)
+
+
+def _read(store, key: str) -> str | None:
+    try:
+        return store.get(key).decode() if store.check([key]) else None
+    except Exception:
+        return None
+
+
+def _is_timeout(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("timed out" in text or "timeout" in text)
+
+
+def describe_timeout(grace_s: float) -> str:
+    """Which ranks stopped responding: those that have not reported a timeout of their own
+    within ``grace_s`` seconds of this rank's."""
+    rank, world = get_rank(), get_world_size()
+    head = f"rank {rank}: a collective operation timed out after {_INFO.timeout_s:g} s (dist_timeout_s)"
+    store = _store()
+    if store is None:
+        return f"{head}; another rank stopped responding"
+    store.set(f"{_KEY}timed_out/{rank}", "1")
+    deadline = time.monotonic() + grace_s
+    while True:
+        silent = [r for r in range(world) if r != rank and _read(store, f"{_KEY}timed_out/{r}") is None]
+        if not silent or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if not silent:
+        return f"{head} on every rank; no rank answered the others"
+    seen = [f"rank {r} (last at {_read(store, f'{_KEY}progress/{r}') or 'start-up'})" for r in silent]
+    return f"{head}: stopped responding: {', '.join(seen)}"
+
+
+@contextlib.contextmanager
+def timeout_guard() -> Iterator[None]:
+    """Turn a timed-out collective inside the block into a ``CollectiveTimeoutError`` naming the
+    ranks that stopped responding."""
+    global _TIMED_OUT
+    try:
+        yield
+    except RuntimeError as e:
+        if not is_distributed() or isinstance(e, CollectiveTimeoutError) or not _is_timeout(e):
+            raise
+        _TIMED_OUT = True
+        raise CollectiveTimeoutError(describe_timeout(grace_s=min(30.0, max(2.0, _INFO.timeout_s / 2)))) from e
 
 
 def is_distributed() -> bool:

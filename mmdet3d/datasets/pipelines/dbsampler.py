@@ -24,6 +24,7 @@ from tqdm import tqdm
 from mmdet3d.core.bbox import points_in_boxes
 from mmdet3d.core.points import load_points
 from mmdet3d.datasets.builder import PIPELINES
+from mmdet3d.utils.data_files import MissingDataFileError, load_trusted_pickle
 
 __all__ = ["ObjectPaste", "DataBaseSampler", "bev_boxes_collide", "create_groundtruth_database"]
 
@@ -74,7 +75,7 @@ class DataBaseSampler:
     ):
         self.info_path = info_path if os.path.isabs(info_path) else os.path.join(dataset_root, info_path)
         if not os.path.isfile(self.info_path):
-            raise FileNotFoundError(
+            raise MissingDataFileError(
                 f"GT database info file not found: {self.info_path}; write it with create_groundtruth_database "
                 f"(tools/create_data.py)"
             )
@@ -86,8 +87,7 @@ class DataBaseSampler:
         self.sample_groups = {k: int(v) for k, v in sample_groups.items()}
         self.rate = rate
         self.load_dim = load_dim
-        with open(self.info_path, "rb") as f:
-            db_infos = pickle.load(f)
+        db_infos = load_trusted_pickle(self.info_path, "GT database info file")
         self.db_infos = {name: self._prepare(name, db_infos.get(name, []), prepare or {}) for name in self.sample_groups}
 
     @staticmethod
@@ -125,7 +125,7 @@ class DataBaseSampler:
         labels = np.array([self.classes.index(c["name"]) for c in chosen], dtype=np.int64)
         points = []
         for info, box in zip(chosen, boxes):
-            obj = load_points(os.path.join(self.db_root, info["path"]), self.load_dim)
+            obj = load_points(os.path.join(self.db_root, info["path"]), self.load_dim, allow_empty=True)
             obj[:, :3] += box[:3]
             points.append(obj)
         return boxes, labels, np.concatenate(points, axis=0)

@@ -7,6 +7,7 @@ in the keyframe LiDAR frame (the files' 5th value, the ring index, is replaced b
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mmdet3d.core.points import load_points
 from mmdet3d.datasets.builder import PIPELINES
+from mmdet3d.utils.data_files import DataFileError, MissingDataFileError
 
 __all__ = ["LoadMultiViewImageFromFiles", "LoadPointsFromFile", "LoadPointsFromMultiSweeps", "LoadAnnotations3D"]
 
@@ -44,11 +46,32 @@ def _set_time_lag(points: np.ndarray, time_lag: float) -> np.ndarray:
     return points
 
 
+def check_image_sizes(results: dict, paths: Sequence[str], shapes: Sequence[tuple[int, int]]) -> None:
+    """A ``DataFileError`` naming the image and sample when an image's ``(H, W)`` does not fit its
+    calibration: the info's ``image_sizes`` where known, else the principal point of
+    ``camera_intrinsics`` (it must lie inside the image) and the size of the sample's other images."""
+    expected = results.get("image_sizes")
+    intrinsics = results.get("camera_intrinsics")
+    common = Counter(tuple(shape) for shape in shapes).most_common(1)[0][0] if shapes else None
+    for i, (path, (h, w)) in enumerate(zip(paths, shapes)):
+        where = f"camera image {path} (sample token {_sample_name(results)}) is {w}x{h} pixels"
+        if expected is not None and expected[i] is not None and tuple(int(v) for v in expected[i]) != (h, w):
+            raise DataFileError(f"{where} but its info and calibration say {int(expected[i][1])}x{int(expected[i][0])}")
+        if intrinsics is not None and i < len(intrinsics):
+            cx, cy = float(intrinsics[i][0][2]), float(intrinsics[i][1][2])
+            if not (0 < cx < w and 0 < cy < h):
+                raise DataFileError(f"{where} but its calibration puts the principal point at ({cx:.1f}, {cy:.1f}), "
+                                    f"outside the image")
+        if expected is None and (h, w) != common:
+            raise DataFileError(f"{where} but the other images of the sample are {common[1]}x{common[0]}")
+
+
 @PIPELINES.register_module()
 class LoadMultiViewImageFromFiles:
     """``image_paths`` (N paths) -> ``img``: list of N ``(H, W, 3)`` uint8 RGB arrays.
 
-    Also records ``ori_shape``: list of N ``(H, W)``.
+    Also records ``ori_shape``: list of N ``(H, W)``. Each size must fit the calibration
+    (``check_image_sizes``).
     """
 
     def __call__(self, results: dict) -> dict:
@@ -56,12 +79,13 @@ class LoadMultiViewImageFromFiles:
         images = []
         for path in paths:
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"camera image not found: {path} (sample {_sample_name(results)})")
+                raise MissingDataFileError(f"camera image not found: {path} (sample {_sample_name(results)})")
             try:
                 with Image.open(path) as im:
                     images.append(np.asarray(im.convert("RGB")))
             except (UnidentifiedImageError, OSError) as e:
-                raise ValueError(f"cannot read camera image {path} (sample {_sample_name(results)}): {e}") from e
+                raise DataFileError(f"cannot read camera image {path} (sample {_sample_name(results)}): {e}") from e
+        check_image_sizes(results, paths, [im.shape[:2] for im in images])
         results["img"] = images
         results["ori_shape"] = [im.shape[:2] for im in images]
         return results

@@ -7,12 +7,12 @@ mmdet checkpoints carry the same names under an optional ``backbone.`` prefix, w
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from mmdet3d.apis.checkpoint import load_checkpoint_file, load_model_weights
+from mmdet3d.utils.checkpoint import LoadReport, load_checkpoint_file, load_model_weights, strip_prefix
 
 from ..builder import BACKBONES
 from ..layers import set_bn_eval
@@ -67,25 +67,19 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class LoadReport(NamedTuple):
-    missing_keys: list[str]
-    unexpected_keys: list[str]
-
-
 def load_pretrained(module: nn.Module, checkpoint: str, prefix: str = "backbone.") -> LoadReport:
     """Load a local torchvision or mmdet checkpoint into ``module`` (non-strict) and report.
 
-    Accepts a bare state dict or one under ``state_dict``/``model`` (read with ``weights_only``);
+    Accepts a bare state dict or one under ``state_dict``/``model`` (read with ``weights_only=True``);
     keys starting with ``prefix`` (mmdet detector checkpoints) are kept without it, and when such
     keys exist the others (necks, heads) are ignored. Matching follows ``load_model_weights``: a
     shape mismatch, or no key in common, is a ``CheckpointError``. Missing and unexpected keys
     are logged and returned.
     """
-    state = load_checkpoint_file(checkpoint, weights_only=True)["state_dict"]
+    state = load_checkpoint_file(checkpoint)["state_dict"]
     if any(k.startswith(prefix) for k in state):
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    missing, unexpected = load_model_weights(module, state, strict=False, source=f"pretrained checkpoint {checkpoint}")
-    report = LoadReport(missing, unexpected)
+        state = strip_prefix(state, prefix)
+    report = load_model_weights(module, state, strict=False, source=f"pretrained checkpoint {checkpoint}")
     if report.missing_keys or report.unexpected_keys:
         logger.warning(
             "loaded %s into %s: missing keys %s; unexpected keys %s",
