@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmdet3d.datasets.builder import PIPELINES
-from mmdet3d.datasets.example_batches import keyframe_batch
+from mmdet3d.datasets.example_batches import add_depth_targets, keyframe_batch
 from mmdet3d.models import build_model
 from mmdet3d.utils.config import load_config
 from keyframe_paths import KEYFRAME
@@ -19,8 +19,10 @@ from model_inputs import make_batch, one_thread  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml") if p.name != "default.yaml")
-SYNTHETIC = [c for c in SHIPPED if c.startswith("configs/synthetic/")]
-NUSCENES = [c for c in SHIPPED if c.startswith("configs/nuscenes/")]
+DISTILL = [c for c in SHIPPED if "/distill/" in c]
+DETECTION = [c for c in SHIPPED if c not in DISTILL]
+SYNTHETIC = [c for c in DETECTION if c.startswith("configs/synthetic/")]
+NUSCENES = [c for c in DETECTION if c.startswith("configs/nuscenes/")]
 
 RUNTIME_KEYS = ["seed", "deterministic", "max_epochs", "optimizer.type", "optimizer.lr", "optimizer.weight_decay",
                 "optimizer_config.grad_clip.max_norm", "lr_config.policy", "eval_interval", "checkpoint_interval",
@@ -57,9 +59,7 @@ def test_configs_are_shipped():
             "configs/nuscenes/det/centerhead/lssfpn/camera/resnet50/lss.yaml"} <= set(SHIPPED)
 
 
-@pytest.mark.parametrize("path", SHIPPED)
-def test_config_keys_pipelines_and_build(path):
-    cfg = load_config(str(ROOT / path))
+def check_runtime_and_pipelines(cfg):
     for key in RUNTIME_KEYS:
         lookup(cfg, key)
     for split in ("train", "val", "test"):
@@ -70,6 +70,22 @@ def test_config_keys_pipelines_and_build(path):
         assert [s for s in steps if s not in PIPELINES] == [], f"unregistered pipeline steps in {split}"
         assert steps[-1] == "Collect3D"
     assert cfg["data"]["test"]["test_mode"] is True and cfg["data"]["train"]["test_mode"] is False
+
+
+def loads_points(pipeline) -> bool:
+    return any("Points" in step["type"] for step in pipeline)
+
+
+@pytest.mark.parametrize("path", DETECTION)
+def test_config_keys_pipelines_and_build(path):
+    cfg = load_config(str(ROOT / path))
+    check_runtime_and_pipelines(cfg)
+    encoders = cfg["model"]["encoders"]
+    camera_only = encoders["lidar"] is None and encoders["camera"]["vtransform"]["type"] != "DepthLSSTransform"
+    for split in ("val", "test"):  # a camera-only model is evaluated without reading LiDAR
+        assert loads_points(cfg["data"][split]["pipeline"]) != camera_only, f"{path} data.{split}"
+    if cfg["model"].get("depth_loss"):
+        assert "DepthTargets" in [step["type"] for step in cfg["data"]["train"]["pipeline"]]
 
     model = build_model(cfg["model"])
     grids = expected_bev_grid(cfg["model"])
@@ -90,9 +106,11 @@ def test_synthetic_config_trains_one_step(path, one_thread):
     height, width = cfg["image_size"]
     batch = make_batch(batch_size=2, num_cams=6, image_size=(height, width), num_boxes=(8, 0), extent=40.0,
                        num_points=4000)
+    if model.depth_loss is not None:
+        batch = add_depth_targets(batch, cfg["depth_stride"], cfg["model_dbound"])
     losses = model(batch)
     total = sum(losses.values())
-    assert torch.isfinite(total) and len(losses) == 2 * len(model.heads["object"].task_classes)
+    assert torch.isfinite(total) and len(losses) == 2 * len(model.heads["object"].task_classes) + (model.depth_loss is not None)
     total.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing
@@ -136,3 +154,23 @@ def test_nuscenes_config_forward_on_real_keyframe(path, keyframe_batches, one_th
     assert tuple(preds["object"][0]["heatmap"].shape) == (1, 1, 180, 180)
     assert len(results) == 1 and results[0]["boxes_3d"].shape[1] == 9
     assert torch.isfinite(features["decoder_out"]).all()
+
+
+@pytest.mark.parametrize("path", DISTILL)
+def test_distill_configs_build_a_camera_only_student(path, tmp_path):
+    from mmdet3d.apis.runner import build_model_from_config
+    from mmdet3d.utils.checkpoint import save_checkpoint
+
+    cfg = load_config(str(ROOT / path))
+    check_runtime_and_pipelines(cfg)
+    model_cfg = cfg["model"]
+    assert model_cfg["type"] == "BEVDistiller" and model_cfg["distill_losses"]
+    teacher = build_model(load_config(str(ROOT / model_cfg["teacher"]))["model"])
+    model_cfg["teacher_checkpoint"] = save_checkpoint(str(tmp_path / "teacher.pth"), teacher)
+    model = build_model(model_cfg)
+    assert not model.student.reads_points and model.teacher.feature_channels["decoder_out"] == model.student.feature_channels["decoder_out"]
+    assert loads_points(cfg["data"]["train"]["pipeline"]) and "DepthTargets" in [s["type"] for s in cfg["data"]["train"]["pipeline"]]
+    for split in ("val", "test"):
+        assert not loads_points(cfg["data"][split]["pipeline"]), f"{path} data.{split} reads LiDAR"
+    student = build_model_from_config(cfg, inference=True)  # what tools/test.py builds: no teacher
+    assert type(student).__name__ == "BEVFusion" and "lidar" not in student.encoders

@@ -56,7 +56,7 @@ def main() -> None:
     import_custom_modules(cfg)
     seed_everything(int(cfg.get("seed", 0)))
 
-    model = build_model_from_config(cfg)
+    model = build_model_from_config(cfg, inference=True)
     if args.checkpoint:
         load_inference_weights(model, args.checkpoint)
     model.to(device).eval()

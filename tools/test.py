@@ -70,7 +70,7 @@ def main() -> None:
         if args.out:
             prepare_run_dir(os.path.dirname(os.path.abspath(args.out)), rank=info.rank)
 
-        model = build_model_from_config(cfg)
+        model = build_model_from_config(cfg, inference=True)
         load_inference_weights(model, args.checkpoint, log=logger.info)
         model.to(info.device).eval()
         dataset = build_dataset_from_config(cfg, args.split, inference=True)

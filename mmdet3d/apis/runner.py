@@ -153,12 +153,31 @@ def _build(kind: str, key: str, section: Any, builder: Callable) -> Any:
         raise
 
 
-def build_model_from_config(cfg: Mapping[str, Any]) -> torch.nn.Module:
-    from mmdet3d.models.builder import build_model
+def build_model_from_config(cfg: Mapping[str, Any], inference: bool = False) -> torch.nn.Module:
+    """The config's model. ``inference``: of a distiller only the student is built (testing,
+    benchmarking): no teacher, no teacher checkpoint, and a student that must not read LiDAR
+    from a test pipeline that must not load it."""
+    from mmdet3d.models.builder import DISTILLERS, build_model
 
     if "model" not in cfg:
         raise ConfigError("config has no 'model' section")
-    return _build("model", "model", cfg["model"], build_model)
+    model_cfg = cfg["model"]
+    if inference and isinstance(model_cfg, Mapping) and model_cfg.get("type") in DISTILLERS:
+        if "student" not in model_cfg:
+            raise ConfigError(f"model: a {model_cfg['type']} config needs a 'student' model")
+        from mmdet3d.models.distillers.bev_distiller import resolve_model_config
+
+        student_cfg = resolve_model_config(model_cfg["student"], "model.student")
+        student = _build("model.student", "model.student", student_cfg, build_model)
+        if student.reads_points:
+            raise ConfigError("model.student reads LiDAR (a LiDAR encoder or DepthLSSTransform): not a camera-only student")
+        loads = [step.get("type") for step in cfg.get("data", {}).get("test", {}).get("pipeline", [])
+                 if isinstance(step, Mapping) and "Points" in str(step.get("type", ""))]
+        if loads:
+            raise ConfigError(f"data.test.pipeline of a distillation config loads LiDAR ({loads}); the student is "
+                              "camera-only, so its test pipeline must not read points")
+        return student
+    return _build("model", "model", model_cfg, build_model)
 
 
 def build_dataset_from_config(cfg: Mapping[str, Any], split: str, inference: bool = False) -> Any:

@@ -17,7 +17,7 @@ from mmdet3d.datasets.nuscenes_dataset import NuScenesDataset
 from mmdet3d.datasets.nuscenes_utils import NUSCENES_CLASSES
 from mmdet3d.datasets.pipelines.formatting import collate
 
-__all__ = ["CLASSES", "camera_rig", "random_boxes", "random_points", "make_batch", "keyframe_batch"]
+__all__ = ["CLASSES", "camera_rig", "random_boxes", "random_points", "make_batch", "add_depth_targets", "keyframe_batch"]
 
 CLASSES = list(NUSCENES_CLASSES)
 
@@ -105,6 +105,21 @@ def make_batch(batch_size: int = 2, num_cams: int = 3, image_size=(64, 96), num_
         "ego2global": torch.eye(4).expand(batch_size, 4, 4).clone(),
         "metas": [{"token": f"sample{b}"} for b in range(batch_size)],
     }
+
+
+def add_depth_targets(batch: dict, downsample: int, dbound=None) -> dict:
+    """Adds ``depth_map`` / ``fg_map`` (B, N, h, w) to a collated batch with the ``DepthTargets``
+    pipeline step, per sample, from its points, cameras and boxes."""
+    from mmdet3d.datasets.pipelines.depth_targets import DepthTargets
+
+    targets = DepthTargets(downsample=downsample, dbound=dbound)
+    maps = [targets({"points": batch["points"][b], "img": batch["img"][b], "lidar2image": batch["lidar2image"][b].numpy(),
+                     "img_aug_matrix": batch["img_aug_matrix"][b].numpy(),
+                     "lidar_aug_matrix": batch["lidar_aug_matrix"][b].numpy(), "gt_bboxes_3d": batch["gt_bboxes_3d"][b]})
+            for b in range(len(batch["img"]))]
+    batch["depth_map"] = torch.stack([m["depth_map"] for m in maps])
+    batch["fg_map"] = torch.stack([m["fg_map"] for m in maps])
+    return batch
 
 
 def keyframe_batch(cfg: dict, keyframe: str | Path, batch_size: int = 1, test_mode: bool = True) -> dict | None:

@@ -1,7 +1,8 @@
 """Model stages in data-flow order; importing each package registers its components."""
-from . import backbones, necks, vtransforms, lidar, fusers, heads, losses, fusion_models  # noqa: F401
+from . import backbones, necks, vtransforms, lidar, fusers, heads, losses, fusion_models, distillers  # noqa: F401
 from .builder import (
     BACKBONES,
+    DISTILL_LOSSES,
     DISTILLERS,
     FUSERS,
     FUSION_MODELS,
@@ -16,6 +17,7 @@ from .builder import (
 
 __all__ = [
     "BACKBONES",
+    "DISTILL_LOSSES",
     "DISTILLERS",
     "FUSERS",
     "FUSION_MODELS",

@@ -11,6 +11,7 @@ HEADS = Registry("head")
 LOSSES = Registry("loss")
 FUSION_MODELS = Registry("fusion_model")
 DISTILLERS = Registry("distiller")
+DISTILL_LOSSES = Registry("distill_loss")
 
 
 def build_model(cfg, **default_args):

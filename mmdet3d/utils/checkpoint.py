@@ -397,14 +397,16 @@ def load_model_weights(
 def load_inference_weights(model: nn.Module, path: str, log: Callable[[str], Any] = print) -> LoadReport:
     """Strictly load checkpoint ``path`` into ``model`` for testing or benchmarking.
 
-    A student-only checkpoint of a distillation run (every key under ``student.``) loads directly
-    into the plain model of the student's config: the prefix is stripped, and ``log`` says so.
+    A distillation checkpoint (``student.`` keys, maybe loss adapters beside them; never the
+    teacher) loads directly into the plain model of the student's config: the student's keys
+    without the prefix, and ``log`` says so.
     """
     state = load_checkpoint_file(path)["state_dict"]
     own = unwrap_model(model).state_dict()
     from_prefix = ""
-    if state and all(k.startswith(STUDENT) for k in state) and not any(k.startswith(STUDENT) for k in own):
+    if any(k.startswith(STUDENT) for k in state) and not any(k.startswith(STUDENT) for k in own):
         from_prefix = STUDENT
+        others = sum(not k.startswith(STUDENT) for k in state)
         log(f"checkpoint {path} holds a distiller's student ({STUDENT!r} keys): loading it without the prefix "
-            f"into {type(unwrap_model(model)).__name__}")
+            f"into {type(unwrap_model(model)).__name__}" + (f"; {others} training-only keys (loss adapters) left out" if others else ""))
     return load_model_weights(model, state, strict=True, source=f"checkpoint {path}", from_prefix=from_prefix)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..builder import BACKBONES, FUSERS, FUSION_MODELS, HEADS, LIDAR_BACKBONES, NECKS, VOXELIZERS, VTRANSFORMS
+from ..builder import BACKBONES, FUSERS, FUSION_MODELS, HEADS, LIDAR_BACKBONES, LOSSES, NECKS, VOXELIZERS, VTRANSFORMS
 
 __all__ = ["BEVFusion", "invert_lidar_augmentation"]
 
@@ -39,10 +39,12 @@ class BEVFusion(nn.Module):
     ``{"boxes_3d": (K, 9), "scores_3d": (K,), "labels_3d": (K,)}`` in the LiDAR frame.
 
     encoders: ``{camera: {backbone, neck, vtransform} | null, lidar: {voxelize, backbone} | null}``
-    fuser: a FUSERS config or null; decoder: ``{backbone, neck}``; heads: ``{object: CenterHead}``.
+    fuser: a FUSERS config or null; decoder: ``{backbone, neck}``; heads: ``{object: CenterHead}``;
+    depth_loss: optional ``DenseDepthLoss`` config supervising the camera depth logits with
+    ``batch["depth_map"]`` (the ``DepthTargets`` pipeline step), reported as ``loss/depth/dense``.
     """
 
-    def __init__(self, encoders: dict, fuser: dict | None, decoder: dict, heads: dict):
+    def __init__(self, encoders: dict, fuser: dict | None, decoder: dict, heads: dict, depth_loss: dict | None = None):
         super().__init__()
         self.encoders = nn.ModuleDict()
         bev_channels = []
@@ -81,6 +83,23 @@ class BEVFusion(nn.Module):
         self.heads = nn.ModuleDict(
             {name: HEADS.build(cfg, in_channels=self.decoder["neck"].out_channels) for name, cfg in heads.items() if cfg is not None}
         )
+        self.depth_loss = None
+        if depth_loss is not None:
+            if camera is None:
+                raise ValueError("BEVFusion: depth_loss needs encoders.camera")
+            self.depth_loss = LOSSES.build(depth_loss, dbound=self.encoders["camera"]["vtransform"].dbound)
+        self.feature_channels = {
+            "camera_bev": bev_channels[0] if camera is not None else None,
+            "lidar_bev": bev_channels[-1] if lidar is not None else None,
+            "fused_bev": fused_channels,
+            "decoder_out": self.decoder["neck"].out_channels,
+        }
+
+    @property
+    def reads_points(self) -> bool:
+        """Whether any branch reads ``batch["points"]`` (a LiDAR encoder or a LiDAR-depth lift)."""
+        camera = self.encoders["camera"] if "camera" in self.encoders else None
+        return "lidar" in self.encoders or bool(camera is not None and getattr(camera["vtransform"], "reads_points", False))
 
     # ----------------------------------------------------------------------------------- encoders
     def extract_camera_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,18 +154,27 @@ class BEVFusion(nn.Module):
         return features
 
     # ----------------------------------------------------------------------------------- forward
-    def forward(self, batch: dict):
+    def forward_features(self, batch: dict) -> tuple[dict, dict]:
+        """-> (``extract_features`` maps, head outputs ``{name: per-task dicts}``)."""
         features = self.extract_features(batch)
         preds = {name: head(features["decoder_out"]) for name, head in self.heads.items()}
+        return features, preds
+
+    def forward(self, batch: dict):
+        features, preds = self.forward_features(batch)
         if self.training:
-            return self.loss(batch, preds)
+            return self.loss(batch, preds, features)
         return self.predict(batch, preds)
 
-    def loss(self, batch: dict, preds: dict) -> dict[str, torch.Tensor]:
+    def loss(self, batch: dict, preds: dict, features: dict | None = None) -> dict[str, torch.Tensor]:
         losses = {}
         for name, head in self.heads.items():
             for key, value in head.loss(batch["gt_bboxes_3d"], batch["gt_labels_3d"], preds[name]).items():
                 losses[f"loss/{name}/{key}"] = value
+        if self.depth_loss is not None:
+            if "depth_map" not in batch:
+                raise KeyError("BEVFusion depth_loss needs batch['depth_map']: add a DepthTargets step to the train pipeline")
+            losses["loss/depth/dense"] = self.depth_loss(features["depth_logits"], batch["depth_map"])
         return losses
 
     def predict(self, batch: dict, preds: dict) -> list[dict[str, torch.Tensor]]:

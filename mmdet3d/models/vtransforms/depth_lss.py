@@ -57,6 +57,8 @@ class DepthLSSTransform(BaseTransform):
     conv net down to the feature stride, is concatenated with the image features and a conv depth
     net predicts ``D`` depth logits and ``out_channels`` context features."""
 
+    reads_points = True  # the depth net sees projected LiDAR: never a camera-only model
+
     def __init__(self, *, depth_channels: int = 64, **kwargs):
         """``depth_channels``: width of the depth-image branch; other keyword arguments: those of ``BaseTransform``."""
         super().__init__(**kwargs)

@@ -1,0 +1,157 @@
+"""The distillation benchmark on the embedded benchmark split (480 train / 120 val keyframes).
+
+    python benchmarks/distillation.py                    # everything, two seeds, table into RESULTS.md
+    python benchmarks/distillation.py --seeds 0          # one seed
+    python benchmarks/distillation.py --step-cost-only   # only the training-step cost ratios
+
+Generates the split when its info files are missing, trains the camera+LiDAR teacher once, then
+per seed the BEVDet-style baseline (no depth supervision), the BEVDepth-style baseline (dense
+depth loss) and the TiG student (the BEVDepth-style student plus the TiG losses, teacher frozen),
+all with the same schedule, each evaluated through the devkit at the end of its training. A run
+whose final evaluation is in its ``log.jsonl`` is reused; an interrupted one resumes from its
+``latest.pth``. The table (mean and half-range over seeds) goes into ``benchmarks/RESULTS.md``
+between markers, with the command; the step-cost ratios are measured in this process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DET = "configs/synthetic/det/centerhead/second"
+TEACHER = f"{DET}/camera+lidar/convfuser.yaml"
+LIDAR_TEACHER = f"{DET}/lidar/pointpillars.yaml"
+MODELS = {  # name -> (config, needs the teacher checkpoint)
+    "BEVDet-style baseline (no depth supervision)": (f"{DET}/camera/lss.yaml", False),
+    "BEVDepth-style baseline (dense depth loss)": (f"{DET}/camera/lss_depth.yaml", False),
+    "TiG student (camera+LiDAR teacher)": ("configs/synthetic/distill/tig/convfuser.yaml", True),
+}
+METRICS = ["mAP", "NDS", "mATE", "mASE", "mAOE", "mAVE", "mAAE"]
+START, END = "<!-- distillation-benchmark:start -->", "<!-- distillation-benchmark:end -->"
+
+
+def run_name(config: str) -> str:
+    return os.path.splitext(os.path.relpath(config, "configs"))[0].replace("/", "_")
+
+
+def final_metrics(run_dir: Path) -> dict | None:
+    """The last evaluation in a finished run's log.jsonl, or None when the run has not finished."""
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        return None
+    metrics, epochs = None, None
+    with open(log) as f:
+        for line in f:
+            record = json.loads(line)
+            if record.get("mode") == "val":
+                metrics = record
+    config = run_dir / "configs.yaml"
+    if metrics is not None and config.is_file():
+        import yaml
+
+        epochs = yaml.safe_load(config.read_text()).get("max_epochs")
+    return metrics if metrics is not None and metrics.get("epoch") == epochs else None
+
+
+def train(config: str, run_dir: Path, root: str, seed: int, extra: list[str]) -> dict:
+    done = final_metrics(run_dir)
+    if done is not None:
+        print(f"reusing {run_dir} (finished: mAP {done['mAP']:.4f}, NDS {done['NDS']:.4f})", flush=True)
+        return done
+    cmd = [sys.executable, str(ROOT / "tools/train.py"), config, "--run-dir", str(run_dir),
+           "--dataset_root", root.rstrip("/") + "/", "--seed", str(seed), *extra]
+    if (run_dir / "latest.pth").exists():
+        cmd.append("--resume")
+    print("$ " + " ".join(cmd[1:]), flush=True)
+    start = time.time()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    metrics = final_metrics(run_dir)
+    if metrics is None:
+        raise RuntimeError(f"{run_dir}: training ended without a final evaluation in log.jsonl")
+    metrics["train_minutes"] = (time.time() - start) / 60
+    with open(run_dir / "benchmark_time.json", "w") as f:
+        json.dump({"train_minutes": metrics["train_minutes"]}, f)
+    return metrics
+
+
+def ensure_split(root: str, scenes: int) -> None:
+    if all((ROOT / root / f"nuscenes_infos_{s}.pkl").is_file() for s in ("train", "val")):
+        print(f"reusing the embedded benchmark split in {root}", flush=True)
+        return
+    for args in (["synthetic", "--root-path", root, "--version", "v1.0-trainval", "--scenes", str(scenes)],
+                 ["nuscenes", "--root-path", root, "--version", "v1.0-trainval", "--no-database"]):
+        subprocess.run([sys.executable, str(ROOT / "tools/create_data.py"), *args], check=True, cwd=ROOT)
+
+
+def summarise(rows: dict[str, list[dict]]) -> list[str]:
+    lines = ["| model | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    for name, runs in rows.items():
+        cells = []
+        for key in METRICS:
+            values = [r[key] for r in runs]
+            mean = statistics.fmean(values)
+            cells.append(f"{mean:.4f}" if len(values) == 1 else f"{mean:.4f} ± {(max(values) - min(values)) / 2:.4f}")
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_results(lines: list[str], command: str) -> None:
+    path = ROOT / "benchmarks/RESULTS.md"
+    text = path.read_text() if path.is_file() else "# Measured figures\n"
+    block = "\n".join([START, "", f"`{command}`", "", *lines, "", END])
+    if START in text and END in text:
+        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n## Distillation benchmark (embedded benchmark split, val)\n\n" + block + "\n"
+    path.write_text(text)
+    print(f"wrote the table into {path}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="data/benchmark")
+    parser.add_argument("--scenes", type=int, default=30)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--run-root", default="runs/benchmark")
+    parser.add_argument("--lidar-teacher", action="store_true", help="also train and report the LiDAR-only teacher")
+    parser.add_argument("--step-cost-only", action="store_true")
+    parser.add_argument("--no-write", action="store_true", help="print the table without editing RESULTS.md")
+    args = parser.parse_args()
+    start = time.time()
+    command = "python benchmarks/distillation.py " + " ".join(sys.argv[1:])
+    run_root = ROOT / args.run_root
+    if not args.step_cost_only:
+        ensure_split(args.root, args.scenes)
+    teacher_dir = run_root / run_name(TEACHER)
+    results: dict[str, list[dict]] = {}
+    if not args.step_cost_only:
+        results["teacher (camera+LiDAR)"] = [train(TEACHER, teacher_dir, args.root, 0, [])]
+        if args.lidar_teacher:
+            results["LiDAR-only teacher"] = [train(LIDAR_TEACHER, run_root / run_name(LIDAR_TEACHER), args.root, 0, [])]
+        for seed in args.seeds:
+            for name, (config, needs_teacher) in MODELS.items():
+                extra = ["--model.teacher_checkpoint", str(teacher_dir / "latest.pth")] if needs_teacher else []
+                metrics = train(config, run_root / f"{run_name(config)}_seed{seed}", args.root, seed, extra)
+                results.setdefault(name, []).append(metrics)
+                print(f"{name}, seed {seed}: mAP {metrics['mAP']:.4f} NDS {metrics['NDS']:.4f}", flush=True)
+    from step_cost import step_cost_lines
+
+    cost = step_cost_lines(args.root, teacher_dir / "latest.pth")
+    lines = (summarise(results) if results else []) + ["", *cost]
+    print("\n".join(lines))
+    print(f"\nbenchmarks/distillation.py: total time {(time.time() - start) / 60:.1f} min (target: under 100 min)")
+    if not args.no_write:
+        write_results(lines + ["", f"Total time of that run: {(time.time() - start) / 60:.1f} min."], command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Training-step cost of TiG distillation, measured in one process on one real training batch.
+
+    python benchmarks/step_cost.py [--root data/benchmark] [--teacher-checkpoint CKPT]
+
+Prints, as medians over repeats: the BEVDepth-style student's training step (forward + backward),
+the TiG losses alone (forward + backward from the feature maps, at the synthetic lattice 8 and the
+paper's 24) and the whole distillation step (teacher forward included), with their ratios.
+Targets (issue 10): TiG losses < 10 % of a student step; distillation step < 1.6x a baseline step.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mmdet3d.apis.benchmark import timed_call  # noqa: E402
+from mmdet3d.apis.runner import build_dataset_from_config  # noqa: E402
+from mmdet3d.datasets.pipelines.formatting import collate  # noqa: E402
+from mmdet3d.models import build_model  # noqa: E402
+from mmdet3d.models.distillers import named_tensors  # noqa: E402
+from mmdet3d.utils.config import load_config  # noqa: E402
+
+TIG = "configs/synthetic/distill/tig/convfuser.yaml"
+BASELINE = "configs/synthetic/det/centerhead/second/camera/lss_depth.yaml"
+
+
+def _median(fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    return statistics.median(timed_call(fn) for _ in range(repeats))
+
+
+def step_cost_lines(root: str, teacher_checkpoint, repeats: int = 5) -> list[str]:
+    overrides = ["--dataset_root", str(root).rstrip("/") + "/"]
+    cfg = load_config(str(ROOT / TIG), overrides + (["--model.teacher_checkpoint", str(teacher_checkpoint)]
+                                                     if Path(teacher_checkpoint).is_file() else ["--model.teacher_checkpoint", "null"]))
+    dataset = build_dataset_from_config(cfg, "train")
+    batch = collate([dataset[i] for i in range(cfg["data"]["samples_per_gpu"])])
+    torch.manual_seed(0)
+    baseline = build_model(load_config(str(ROOT / BASELINE), overrides)["model"]).train()
+    distiller = build_model(cfg["model"]).train()
+
+    def step(model):
+        def run():
+            model.zero_grad(set_to_none=True)
+            sum(model(batch).values()).backward()
+        return run
+
+    t_baseline = _median(step(baseline), repeats)
+    t_distill = _median(step(distiller), repeats)
+
+    lines = ["| what | median ms | ratio |", "|---|---|---|",
+             f"| BEVDepth-style student step (fwd + bwd, batch {len(batch['img'])}) | {t_baseline * 1e3:.0f} | 1.00 |",
+             f"| TiG distillation step (teacher fwd included) | {t_distill * 1e3:.0f} | **{t_distill / t_baseline:.2f}x** (target < 1.6x) |"]
+    with torch.no_grad():
+        teacher = named_tensors(*distiller.teacher.forward_features(batch))
+    features, preds = distiller.student.forward_features(batch)
+    leaves = {k: (v.detach().requires_grad_() if torch.is_tensor(v) else v) for k, v in named_tensors(features, preds).items()}
+    for lattice in (8, 24):
+        losses = copy.deepcopy(distiller.distill_losses)
+        for loss in losses:
+            if hasattr(loss, "lattice"):
+                loss.lattice = lattice
+
+        def run_losses():
+            total = sum(loss(leaves, teacher, batch, distiller.context) for loss in losses)
+            total.backward()
+
+        t_losses = _median(run_losses, repeats)
+        lines.append(f"| TiG losses alone, lattice {lattice} (fwd + bwd) | {t_losses * 1e3:.1f} | "
+                     f"**{t_losses / t_baseline:.1%}** of a student step (target < 10 % at lattice 8) |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="data/benchmark")
+    parser.add_argument("--teacher-checkpoint", default="runs/benchmark/synthetic_det_centerhead_second_camera+lidar_convfuser/latest.pth")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print("\n".join(step_cost_lines(args.root, args.teacher_checkpoint, args.repeats)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""TiG distillation (DESIGN.md 5.3 and 5.4): inner-depth supervision and inner-feature BEV
+distillation with inter-keypoint and inter-channel relations.
+
+The functions are unweighted; the registered loss modules (``tig_modules.py``) apply the config
+weight. Shapes use B batch, N cameras, D depth bins, C channels, X x Y BEV cells, K boxes,
+M = lattice**2 keypoints per box.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["inner_depth_loss", "box_lattice_points", "sample_box_keypoints", "inter_keypoint_loss",
+           "inter_channel_loss", "relation_loss"]
+
+
+def inner_depth_loss(depth_logits: torch.Tensor, depth_map: torch.Tensor, fg_map: torch.Tensor,
+                     bin_centers: torch.Tensor) -> torch.Tensor:
+    """Relative depth inside each object, anchored at the cell the student already gets most right.
+
+    depth_logits (B, N, D, h, w); depth_map (B, N, h, w) metres, 0 = no point; fg_map (B, N, h, w)
+    int, ``k + 1`` for a cell whose point lies in box k, 0 for background; bin_centers (D,).
+    ``d_hat = sum_b softmax(logits)_b * v_b``; per (sample, camera, box) group the reference cell
+    ``r = argmin |d_hat - d|``; ``e_p = (d_hat_p - stopgrad(d_hat_r)) - (d_p - d_r)``;
+    returns ``sum_fg e_p^2 / max(#fg, 1)`` (0 without foreground cells).
+    """
+    probs = depth_logits.softmax(dim=2)
+    d_hat = (probs * bin_centers.to(probs.dtype).view(1, 1, -1, 1, 1)).sum(dim=2)  # (B, N, h, w)
+    fg = (fg_map > 0) & (depth_map > 0)
+    if not fg.any():
+        return depth_logits.sum() * 0.0
+    b, n, _, _ = torch.nonzero(fg, as_tuple=True)
+    num_cams, max_box = fg_map.shape[1], int(fg_map.max()) + 1
+    # One group id per (sample, camera, box): cells of the same object seen by one camera.
+    group = (b * num_cams + n) * max_box + fg_map[fg]
+    _, group = torch.unique(group, return_inverse=True)
+    pred, target = d_hat[fg], depth_map[fg].to(d_hat.dtype)
+    error = (pred - target).abs().detach()
+    num_groups = int(group.max()) + 1
+    best = torch.full((num_groups,), float("inf"), dtype=error.dtype, device=error.device)
+    best = best.scatter_reduce(0, group, error, reduce="amin")
+    # First cell (lowest index) reaching its group's minimum error is the reference.
+    is_best = error == best[group]
+    index = torch.arange(len(error), device=error.device)
+    ref = torch.full((num_groups,), len(error), dtype=torch.long, device=error.device)
+    ref = ref.scatter_reduce(0, group[is_best], index[is_best], reduce="amin")[group]
+    e = (pred - pred[ref].detach()) - (target - target[ref])
+    return e.pow(2).sum() / max(len(e), 1)
+
+
+def box_lattice_points(boxes: torch.Tensor, lattice: int, enlarge: float) -> torch.Tensor:
+    """(K, >=7) boxes ``(x, y, z, dx, dy, dz, yaw, ...)`` -> (K, lattice**2, 2) metric BEV positions.
+
+    An ``S x S`` lattice with its edges on the footprint enlarged by ``enlarge`` metres on every side
+    (length and width grow by ``2 * enlarge``), rotated by the box yaw; rows along the box length.
+    """
+    steps = torch.linspace(-0.5, 0.5, lattice, dtype=boxes.dtype, device=boxes.device)
+    along, across = torch.meshgrid(steps, steps, indexing="ij")  # (S, S)
+    length = boxes[:, 3:4] + 2 * enlarge  # (K, 1)
+    width = boxes[:, 4:5] + 2 * enlarge
+    lx = along.reshape(1, -1) * length  # (K, M) in the box frame
+    ly = across.reshape(1, -1) * width
+    cos, sin = boxes[:, 6:7].cos(), boxes[:, 6:7].sin()
+    x = boxes[:, 0:1] + cos * lx - sin * ly
+    y = boxes[:, 1:2] + sin * lx + cos * ly
+    return torch.stack([x, y], dim=-1)
+
+
+def sample_box_keypoints(bev: torch.Tensor, boxes: Sequence[torch.Tensor], bev_range: Sequence[float],
+                         lattice: int, enlarge: float) -> torch.Tensor:
+    """Bilinear samples of ``bev`` at every box's lattice: -> (K, C, lattice**2), K = all boxes.
+
+    bev (B, C, X, Y) over ``bev_range = (x_min, y_min, x_max, y_max)`` with cell centres at
+    ``min + (i + 0.5) * cell``; boxes: B tensors (K_b, >=7). Points off the map sample zeros
+    (the map is zero-padded). One ``grid_sample`` call for the whole batch.
+    """
+    batch_size, channels = bev.shape[:2]
+    counts = [len(b) for b in boxes]
+    total, max_boxes = sum(counts), max(counts, default=0)
+    m = lattice * lattice
+    if total == 0:
+        return bev.new_zeros(0, channels, m)
+    x_min, y_min, x_max, y_max = (float(v) for v in bev_range)
+    grid = bev.new_full((batch_size, max_boxes, m, 2), 2.0)  # padding slots sample outside (zeros)
+    valid = torch.zeros(batch_size, max_boxes, dtype=torch.bool, device=bev.device)
+    for b, sample_boxes in enumerate(boxes):  # a loop over samples, not boxes
+        if len(sample_boxes):
+            xy = box_lattice_points(sample_boxes.to(bev.dtype), lattice, enlarge)  # (K_b, M, 2)
+            # align_corners=False: normalised -1 and 1 are the map's outer edges, so cell centres
+            # sit at min + (i + 0.5) * cell exactly. grid[..., 0] indexes the last axis (Y).
+            grid[b, : len(sample_boxes), :, 0] = 2 * (xy[..., 1] - y_min) / (y_max - y_min) - 1
+            grid[b, : len(sample_boxes), :, 1] = 2 * (xy[..., 0] - x_min) / (x_max - x_min) - 1
+            valid[b, : len(sample_boxes)] = True
+    sampled = F.grid_sample(bev, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B, C, Kmax, M)
+    return sampled.permute(0, 2, 1, 3)[valid]  # (B, Kmax, C, M) -> (K, C, M)
+
+
+def relation_loss(student_relation: torch.Tensor, teacher_relation: torch.Tensor) -> torch.Tensor:
+    """(K, R, R) relation matrices, each row L2-normalised -> mean over boxes and rows of the
+    summed squared difference (0 for K = 0)."""
+    if student_relation.shape[0] == 0:
+        return student_relation.sum() * 0.0
+    s = F.normalize(student_relation, dim=-1)
+    t = F.normalize(teacher_relation, dim=-1)
+    return (s - t).pow(2).sum(dim=-1).mean()
+
+
+def inter_keypoint_loss(student_points: torch.Tensor, teacher_points: torch.Tensor) -> torch.Tensor:
+    """(K, C, M) keypoint features -> relation loss of the (M x M) keypoint Gram matrices ``P^T P``."""
+    return relation_loss(student_points.transpose(1, 2) @ student_points, teacher_points.transpose(1, 2) @ teacher_points)
+
+
+def inter_channel_loss(student_points: torch.Tensor, teacher_points: torch.Tensor) -> torch.Tensor:
+    """(K, C, M) keypoint features (student already adapted to the teacher's C) -> relation loss of
+    the (C x C) channel Gram matrices ``P P^T``."""
+    return relation_loss(student_points @ student_points.transpose(1, 2), teacher_points @ teacher_points.transpose(1, 2))

@@ -1,0 +1,156 @@
+"""TiG losses (DESIGN.md 5.3, 5.4): zeros, hand-computed values, edge cases, batched sampling."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmdet3d.models.distillers import (inner_depth_loss, inter_channel_loss, inter_keypoint_loss,
+                                       sample_box_keypoints)
+from mmdet3d.models.distillers.losses import box_lattice_points
+
+BINS = torch.tensor([1.5, 2.5, 3.5, 4.5])
+
+
+def _logits_for(depths: torch.Tensor) -> torch.Tensor:
+    """(B, N, h, w) depths on bin centres -> (B, N, D, h, w) logits whose softmax is one-hot there."""
+    index = (depths - 1.5).round().long().clamp(0, 3)
+    return torch.nn.functional.one_hot(index, 4).permute(0, 1, 4, 2, 3).float() * 60.0
+
+
+def test_inner_depth_loss_is_zero_for_exact_relative_depth_and_without_foreground():
+    depth = torch.tensor([[[[1.5, 2.5], [3.5, 4.5]]]])  # (1, 1, 2, 2)
+    fg = torch.tensor([[[[1, 1], [2, 2]]]])
+    assert inner_depth_loss(_logits_for(depth), depth, fg, BINS).item() == pytest.approx(0.0, abs=1e-6)
+    # A constant offset inside an object is not penalised: only relative depth counts.
+    near = torch.tensor([[[[1.5, 2.5], [1.5, 2.5]]]])
+    assert inner_depth_loss(_logits_for(near + 1.0), near, fg, BINS).item() == pytest.approx(0.0, abs=1e-6)
+    logits = torch.randn(1, 1, 4, 2, 2, requires_grad=True)
+    empty = inner_depth_loss(logits, depth, torch.zeros_like(fg), BINS)
+    assert empty.item() == 0.0
+    empty.backward()
+    assert logits.grad is not None and logits.grad.abs().sum() == 0
+
+
+def test_inner_depth_loss_hand_computed():
+    # One object over three cells; predicted expected depths 2.5, 2.5, 4.5 against LiDAR 2.5, 3.0, 3.5.
+    depth = torch.tensor([[[[2.5, 3.0, 3.5, 0.0]]]])  # the last cell has no point
+    fg = torch.tensor([[[[1, 1, 1, 1]]]])
+    logits = _logits_for(torch.tensor([[[[2.5, 2.5, 4.5, 1.5]]]]))
+    # errors |d_hat - d| = 0, 0.5, 1.0 -> reference cell 0 (d_hat_r = 2.5, d_r = 2.5)
+    # e = (d_hat - 2.5) - (d - 2.5) = 0, -0.5, 1.0 -> (0 + 0.25 + 1) / 3 foreground cells
+    expected = (0.0 + 0.25 + 1.0) / 3
+    assert inner_depth_loss(logits, depth, fg, BINS).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_inner_depth_loss_groups_by_sample_camera_and_box():
+    # Two boxes in one camera, and the same box id in a second camera: three groups, each exact up
+    # to its own offset, so the loss is 0; merging any two groups would make it positive.
+    depth = torch.tensor([[[[2.5, 3.5, 1.5, 2.5]], [[3.5, 4.5, 0.0, 0.0]]]])  # (1, 2, 1, 4)
+    fg = torch.tensor([[[[1, 1, 2, 2]], [[1, 1, 0, 0]]]])
+    pred = torch.tensor([[[[1.5, 2.5, 3.5, 4.5]], [[1.5, 2.5, 1.5, 1.5]]]])
+    assert inner_depth_loss(_logits_for(pred), depth, fg, BINS).item() == pytest.approx(0.0, abs=1e-6)
+    merged = fg.clone()
+    merged[0, 0, 0, 2:] = 1
+    assert inner_depth_loss(_logits_for(pred), depth, merged, BINS).item() > 0.5
+
+
+def test_inner_depth_gradient_does_not_flow_through_the_reference_cell():
+    depth = torch.tensor([[[[2.5, 3.5]]]])
+    fg = torch.tensor([[[[1, 1]]]])
+    logits = torch.zeros(1, 1, 4, 1, 2, requires_grad=True)
+    inner_depth_loss(logits, depth, fg, BINS).backward()
+    # both cells predict 3.0: the first cell (error 0.5, lowest index) is the reference
+    assert logits.grad[..., 0].abs().sum() == 0 and logits.grad[..., 1].abs().sum() > 0
+
+
+def _coordinate_map(x_range=(-4.0, 4.0), y_range=(-6.0, 6.0), cell=0.5):
+    xs = x_range[0] + (torch.arange(int((x_range[1] - x_range[0]) / cell)) + 0.5) * cell
+    ys = y_range[0] + (torch.arange(int((y_range[1] - y_range[0]) / cell)) + 0.5) * cell
+    gx, gy = torch.meshgrid(xs, ys, indexing="ij")
+    return torch.stack([gx, gy])[None].double(), (x_range[0], y_range[0], x_range[1], y_range[1])
+
+
+def test_keypoints_on_a_coordinate_map_are_the_lattice_positions():
+    bev, bev_range = _coordinate_map()
+    boxes = [torch.tensor([[0.3, -1.2, 0.0, 2.0, 1.0, 1.5, 0.7], [1.0, 2.0, 0.0, 1.0, 0.6, 1.0, -2.0]], dtype=torch.float64)]
+    points = sample_box_keypoints(bev, boxes, bev_range, lattice=5, enlarge=0.5)  # (K, 2, 25)
+    expected = box_lattice_points(boxes[0], 5, 0.5).permute(0, 2, 1)
+    torch.testing.assert_close(points, expected, rtol=0, atol=1e-9)
+    # the lattice includes the enlarged footprint's corners: length 2 + 1, width 1 + 1
+    corner = expected[0, :, 0]
+    c, s = math.cos(0.7), math.sin(0.7)
+    torch.testing.assert_close(corner, torch.tensor([0.3 + c * -1.5 - s * -1.0, -1.2 + s * -1.5 + c * -1.0], dtype=torch.float64))
+
+
+def test_keypoints_off_the_map_are_zero():
+    bev = torch.ones(1, 3, 8, 8)
+    boxes = [torch.tensor([[30.0, 30.0, 0.0, 1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]])]
+    points = sample_box_keypoints(bev, boxes, (-4.0, -4.0, 4.0, 4.0), lattice=3, enlarge=0.0)
+    assert points[0].abs().max() == 0 and torch.allclose(points[1], torch.ones(3, 9))
+
+
+def _bilinear_reference(bev, x, y, bev_range):
+    """Sample (C, X, Y) at metric (x, y) from the definition: cell centres at min + (i + 0.5) * cell."""
+    channels, nx, ny = bev.shape
+    cell_x = (bev_range[2] - bev_range[0]) / nx
+    cell_y = (bev_range[3] - bev_range[1]) / ny
+    fx, fy = (x - bev_range[0]) / cell_x - 0.5, (y - bev_range[1]) / cell_y - 0.5
+    i0, j0 = math.floor(fx), math.floor(fy)
+    out = torch.zeros(channels, dtype=bev.dtype)
+    for i, wx in ((i0, 1 - (fx - i0)), (i0 + 1, fx - i0)):
+        for j, wy in ((j0, 1 - (fy - j0)), (j0 + 1, fy - j0)):
+            if 0 <= i < nx and 0 <= j < ny:
+                out += wx * wy * bev[:, i, j]
+    return out
+
+
+def test_batched_sampler_equals_a_per_box_loop():
+    torch.manual_seed(0)
+    bev = torch.randn(3, 4, 16, 12, dtype=torch.float64)
+    bev_range = (-8.0, -6.0, 8.0, 6.0)
+    boxes = [torch.cat([torch.rand(k, 2) * 14 - 7, torch.zeros(k, 1), torch.rand(k, 3) + 0.5, torch.rand(k, 1) * 6], 1).double()
+             for k in (2, 0, 3)]
+    points = sample_box_keypoints(bev, boxes, bev_range, lattice=4, enlarge=1.0)
+    assert points.shape == (5, 4, 16)
+    row = 0
+    for b, sample_boxes in enumerate(boxes):
+        for box in sample_boxes:
+            lattice = box_lattice_points(box[None], 4, 1.0)[0]
+            expected = torch.stack([_bilinear_reference(bev[b], float(x), float(y), bev_range) for x, y in lattice], 1)
+            torch.testing.assert_close(points[row], expected, rtol=1e-9, atol=1e-9)
+            row += 1
+
+
+def _relation_reference(ps, pt, channel: bool):
+    total = 0.0
+    for s, t in zip(ps, pt):
+        gs, gt = (s @ s.T, t @ t.T) if channel else (s.T @ s, t.T @ t)
+        rows = [((gs[r] / gs[r].norm() - gt[r] / gt[r].norm()) ** 2).sum() for r in range(gs.shape[0])]
+        total += sum(rows) / len(rows)
+    return total / len(ps)
+
+
+@pytest.mark.parametrize("loss, channel", [(inter_keypoint_loss, False), (inter_channel_loss, True)])
+def test_relation_losses(loss, channel):
+    torch.manual_seed(0)
+    ps, pt = torch.randn(3, 5, 7, dtype=torch.float64), torch.randn(3, 5, 7, dtype=torch.float64)
+    assert loss(pt, pt).item() == pytest.approx(0.0, abs=1e-12)
+    assert loss(ps, pt).item() > 0
+    assert loss(ps, pt).item() == pytest.approx(float(_relation_reference(ps, pt, channel)), rel=1e-10)
+    # scale invariance per row: the Gram rows are L2-normalised
+    assert loss(3.0 * ps, pt).item() == pytest.approx(loss(ps, pt).item(), rel=1e-10)
+    empty = torch.zeros(0, 5, 7, requires_grad=True)
+    value = loss(empty, torch.zeros(0, 5, 7))
+    assert value.item() == 0.0
+    value.backward()
+
+
+def test_relation_loss_hand_computed():
+    # One box, two keypoints with 2 channels: student points e1, e2 (orthogonal), teacher both e1.
+    ps = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # (K=1, C=2, M=2)
+    pt = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    # keypoint Gram: student identity, teacher all-ones -> normalised rows (1,0),(0,1) vs (.707,.707)
+    expected = 2 * ((1 - 0.5 ** 0.5) ** 2 + 0.5) / 2
+    assert inter_keypoint_loss(ps, pt).item() == pytest.approx(expected, rel=1e-6)
