@@ -154,3 +154,16 @@ def test_relation_loss_hand_computed():
     # keypoint Gram: student identity, teacher all-ones -> normalised rows (1,0),(0,1) vs (.707,.707)
     expected = 2 * ((1 - 0.5 ** 0.5) ** 2 + 0.5) / 2
     assert inter_keypoint_loss(ps, pt).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_inter_keypoint_loss_equals_the_explicit_gram_matrices_with_zero_rows():
+    from mmdet3d.models.distillers.losses import relation_loss
+
+    torch.manual_seed(1)
+    ps, pt = torch.randn(4, 6, 9, dtype=torch.float64), torch.randn(4, 3, 9, dtype=torch.float64)
+    ps[0, :, 2] = 0  # a keypoint off the map in the student, in both, in the teacher only
+    ps[1, :, 3] = 0
+    pt[1, :, 3] = 0
+    pt[2, :, 5] = 0
+    explicit = relation_loss(ps.transpose(1, 2) @ ps, pt.transpose(1, 2) @ pt)
+    assert inter_keypoint_loss(ps, pt).item() == pytest.approx(explicit.item(), rel=1e-9)
