@@ -167,3 +167,11 @@ def test_inter_keypoint_loss_equals_the_explicit_gram_matrices_with_zero_rows():
     pt[2, :, 5] = 0
     explicit = relation_loss(ps.transpose(1, 2) @ ps, pt.transpose(1, 2) @ pt)
     assert inter_keypoint_loss(ps, pt).item() == pytest.approx(explicit.item(), rel=1e-9)
+
+
+def test_inner_depth_loss_with_a_non_finite_logit_is_nan_not_an_error():
+    depth = torch.tensor([[[[2.5, 3.5, 1.5]]]])
+    fg = torch.tensor([[[[1, 1, 2]]]])
+    logits = torch.zeros(1, 1, 4, 1, 3)
+    logits[0, 0, 0, 0, 2] = float("nan")  # the only cell of box 2
+    assert torch.isnan(inner_depth_loss(logits, depth, fg, BINS))  # the trainer then stops, naming the loss

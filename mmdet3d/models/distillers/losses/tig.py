@@ -38,14 +38,13 @@ def inner_depth_loss(depth_logits: torch.Tensor, depth_map: torch.Tensor, fg_map
     _, group = torch.unique(group, return_inverse=True)
     pred, target = d_hat[fg], depth_map[fg].to(d_hat.dtype)
     error = (pred - target).abs().detach()
-    num_groups = int(group.max()) + 1
-    best = torch.full((num_groups,), float("inf"), dtype=error.dtype, device=error.device)
-    best = best.scatter_reduce(0, group, error, reduce="amin")
-    # First cell (lowest index) reaching its group's minimum error is the reference.
-    is_best = error == best[group]
-    index = torch.arange(len(error), device=error.device)
-    ref = torch.full((num_groups,), len(error), dtype=torch.long, device=error.device)
-    ref = ref.scatter_reduce(0, group[is_best], index[is_best], reduce="amin")[group]
+    # Reference of each group: its cell of least error (the lowest index on ties), by a stable
+    # sort on the error then on the group; every group gets one even if an error is NaN.
+    order = torch.argsort(error, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]
+    first = torch.ones_like(order, dtype=torch.bool)
+    first[1:] = group[order][1:] != group[order][:-1]
+    ref = order[first][group]
     e = (pred - pred[ref].detach()) - (target - target[ref])
     return e.pow(2).sum() / max(len(e), 1)
 
