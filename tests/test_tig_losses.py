@@ -175,3 +175,15 @@ def test_inner_depth_loss_with_a_non_finite_logit_is_nan_not_an_error():
     logits = torch.zeros(1, 1, 4, 1, 3)
     logits[0, 0, 0, 0, 2] = float("nan")  # the only cell of box 2
     assert torch.isnan(inner_depth_loss(logits, depth, fg, BINS))  # the trainer then stops, naming the loss
+
+
+def test_relation_losses_have_finite_gradients_with_keypoints_off_the_map():
+    ps = torch.randn(2, 4, 6, requires_grad=True)
+    pt = torch.randn(2, 4, 6)
+    with torch.no_grad():
+        ps[:, :, :2] = 0
+        pt[:, :, 1:3] = 0
+    for loss in (inter_keypoint_loss, inter_channel_loss):
+        ps.grad = None
+        loss(ps, pt).backward()
+        assert torch.isfinite(ps.grad).all(), loss.__name__

@@ -115,10 +115,12 @@ def _gram_row_loss(ps: torch.Tensor, pt: torch.Tensor, eps: float = 1e-12) -> to
     """
     cross = ps @ pt.transpose(1, 2)  # (K, Cs, Ct)
     dot = (ps * (cross @ pt)).sum(dim=1)  # (K, M): ps_i^T (Ps Pt^T) pt_i
-    norm_s = (ps * ((ps @ ps.transpose(1, 2)) @ ps)).sum(dim=1).clamp(min=0).sqrt()
-    norm_t = (pt * ((pt @ pt.transpose(1, 2)) @ pt)).sum(dim=1).clamp(min=0).sqrt()
-    safe_s, safe_t = norm_s.clamp(min=eps), norm_t.clamp(min=eps)
-    rows = (norm_s / safe_s) ** 2 + (norm_t / safe_t) ** 2 - 2 * dot / (safe_s * safe_t)
+    sq_s = (ps * ((ps @ ps.transpose(1, 2)) @ ps)).sum(dim=1)  # |G_s,i|^2
+    sq_t = (pt * ((pt @ pt.transpose(1, 2)) @ pt)).sum(dim=1)
+    # |a / max(|a|, eps)|^2 = |a|^2 / max(|a|^2, eps^2): no square root of 0, so a keypoint off the
+    # map (a zero row) has a finite gradient
+    safe_s, safe_t = sq_s.clamp(min=eps * eps), sq_t.clamp(min=eps * eps)
+    rows = sq_s / safe_s + sq_t / safe_t - 2 * dot / (safe_s.sqrt() * safe_t.sqrt())
     return rows.clamp(min=0).mean()
 
 
