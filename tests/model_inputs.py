@@ -1,4 +1,4 @@
-"""Model-test helpers: a tiny BEVFusion config, the registries to sweep, a one-thread fixture.
+"""Model-test helpers: a tiny BEVFusion config, perfect head outputs, the registries to sweep, a one-thread fixture.
 
 The random batches (camera rig, points, boxes) live in ``mmdet3d.datasets.example_batches``;
 they are re-exported here for the tests.
@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmdet3d.datasets.example_batches import CLASSES, camera_rig, make_batch, random_boxes, random_points  # noqa: F401
+from mmdet3d.core.bbox.center_point_coder import CODE_SIZES
+from mmdet3d.datasets.example_batches import CLASSES, blob_batch, camera_rig, make_batch, random_boxes, random_points  # noqa: F401
 from mmdet3d.models.builder import BACKBONES, FUSERS, HEADS, LIDAR_BACKBONES, NECKS, VOXELIZERS, VTRANSFORMS
 
 
@@ -74,6 +75,22 @@ def tiny_model_cfg(camera: bool = True, lidar: bool = True, fuser: str | None = 
             nms_type=None, score_threshold=0.1, max_num=100,
         )),
     )
+
+
+def perfect_predictions(head, boxes: list[torch.Tensor], labels: list[torch.Tensor], grid) -> list[dict[str, torch.Tensor]]:
+    """CenterHead outputs that reproduce its own targets for sample b's ``boxes[b]``, ``labels[b]`` on
+    ``grid`` (X, Y): heatmap logits of the target heatmap, the box code at each centre cell."""
+    per_sample = [head.get_targets_single(b, l, grid) for b, l in zip(boxes, labels)]
+    preds = []
+    for t in range(len(head.task_classes)):
+        heatmap = torch.stack([s[t][0] for s in per_sample]).clamp(1e-6, 1 - 1e-6)
+        code = torch.zeros(len(per_sample), head.coder.code_size, *grid)
+        for b, s in enumerate(per_sample):
+            cells, codes = s[t][1], s[t][2]
+            code[b, :, cells[:, 0], cells[:, 1]] = codes.T
+        widths = [CODE_SIZES[name] for name in head.coder.code_names]
+        preds.append({"heatmap": torch.logit(heatmap), **dict(zip(head.coder.code_names, code.split(widths, dim=1)))})
+    return preds
 
 
 REGISTRIES = {

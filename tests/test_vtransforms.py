@@ -261,3 +261,94 @@ def test_real_rig_frustums_cover_the_ring_around_the_car():
         ahead = np.floor((20.0 * axis / np.linalg.norm(axis) + 54.0) / 0.6).astype(int)
         behind = np.floor((-20.0 * axis / np.linalg.norm(axis) + 54.0) / 0.6).astype(int)
         assert masks[n, ahead[0], ahead[1]] and not masks[n, behind[0], behind[1]]
+
+
+def axis_camera_batch():
+    """B=2, N=2 cameras whose geometry is known in closed form (for ``forward`` tests).
+
+    Camera 0 looks along LiDAR +x (image right = -y, image down = -z), camera 1 along +y (right = +x,
+    down = -z); both sit at ``POSITIONS[n]``. The original 64x128 images (focal 40, centre (63.5, 31.5))
+    are halved to the 32x64 input; camera 1's image is also flipped left-right. Sample 1 carries a
+    LiDAR augmentation: a quarter turn counter-clockwise, then a shift by (1, -2).
+    """
+    forward = [np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])]
+    right = [np.array([0.0, -1.0, 0.0]), np.array([1.0, 0.0, 0.0])]
+    down = np.array([0.0, 0.0, -1.0])
+    k = np.eye(4)
+    k[0, 0] = k[1, 1] = 40.0
+    k[0, 2], k[1, 2] = 63.5, 31.5
+    cams, augs = [], []
+    for n in range(2):
+        c2l = np.eye(4)
+        c2l[:3, 0], c2l[:3, 1], c2l[:3, 2], c2l[:3, 3] = right[n], down, forward[n], AXIS_POSITIONS[n]
+        cams.append(c2l)
+        aug = np.diag([0.5, 0.5, 1.0, 1.0])
+        aug[:2, 3] = -0.25  # pixel centres: u' + 0.5 = (u + 0.5) / 2
+        if n == 1:
+            aug = np.array([[-1.0, 0, 0, IMAGE[1] - 1.0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]) @ aug
+        augs.append(aug)
+    quarter_turn = rot_z(math.pi / 2)
+    quarter_turn[:3, 3] = [1.0, -2.0, 0.0]
+    batch = {"camera_intrinsics": np.stack([k, k]), "camera2lidar": np.stack(cams), "img_aug_matrix": np.stack(augs)}
+    batch = {key: torch.tensor(np.stack([v, v]), dtype=torch.float32) for key, v in batch.items()}
+    batch["lidar_aug_matrix"] = torch.tensor(np.stack([np.eye(4), quarter_turn]), dtype=torch.float32)
+    return batch
+
+
+AXIS_POSITIONS = [np.array([0.3, 0.2, 1.6]), np.array([-0.4, 0.1, 1.5])]
+
+
+def axis_camera_point(b, n, d, h, w):
+    """Closed-form augmented-LiDAR point of frustum cell (d, h, w) of camera n in ``axis_camera_batch``."""
+    u, v = (w + 0.5) * IMAGE[1] / FEATURE[1] - 0.5, (h + 0.5) * IMAGE[0] / FEATURE[0] - 0.5
+    if n == 1:
+        u = IMAGE[1] - 1.0 - u  # undo the flip
+    u0, v0 = 2 * u + 0.5, 2 * v + 0.5  # undo the halving
+    depth = DBOUND[0] + (d + 0.5) * DBOUND[2]
+    right, down = (u0 - 63.5) / 40.0 * depth, (v0 - 31.5) / 40.0 * depth
+    x0, y0, z0 = AXIS_POSITIONS[n]
+    x, y, z = (x0 + depth, y0 - right, z0 - down) if n == 0 else (x0 + right, y0 + depth, z0 - down)
+    return (x, y, z) if b == 0 else (1.0 - y, x - 2.0, z)
+
+
+@pytest.mark.parametrize("cell", [(1, 0, 6, 2, 11), (0, 1, 9, 5, 3), (1, 1, 13, 6, 12), (0, 0, 4, 1, 6)])
+@pytest.mark.parametrize("mode", ["train", "eval", "reference"])
+def test_one_hot_depth_logit_lands_in_known_cell_through_forward(cell, mode):
+    """A pixel whose depth net output is one-hot in bin d puts its context in the BEV cell of that
+    frustum point, computed in closed form; nothing else in the map moves."""
+    b, n, d, h, w = cell
+    x, y, _ = axis_camera_point(b, n, d, h, w)
+    expected = ((x + 20.0) / 0.5, (y + 20.0) / 0.5)
+    assert all(0.05 < c % 1 < 0.95 for c in expected), "the test point must not sit on a cell border"
+    vt = build(reference_pool=mode == "reference").train(mode == "train")
+    context = torch.tensor([1.0, -2.0, 3.0, 0.5])
+    with torch.no_grad():
+        vt.depthnet.weight.zero_()
+        vt.depthnet.bias.zero_()
+        vt.depthnet.weight[d, 0, 0, 0] = 40.0  # feature channel 0 -> depth logit of bin d
+        vt.depthnet.weight[20:, 0, 0, 0] = context  # ... and the context
+        feats = torch.zeros(2, 2, 6, 8, 16)
+        feats[b, n, 0, h, w] = 1.0
+        bev, aux = vt(feats, axis_camera_batch())
+    assert aux["depth_logits"][b, n, :, h, w].argmax() == d
+    assert (bev.abs().sum(1) > 1e-6).nonzero().tolist() == [[b, int(expected[0]), int(expected[1])]]
+    torch.testing.assert_close(bev[b, :, int(expected[0]), int(expected[1])], context, atol=1e-5, rtol=1e-5)
+
+
+def test_depth_lss_reads_each_cameras_own_depth_image():
+    """A LiDAR point seen by camera (b, n) alone changes the depth logits of that camera alone."""
+    batch = make_batch(batch_size=2, num_cams=2)
+    vt = build(DepthLSSTransform).eval()
+    feats = torch.randn(2, 2, 6, 8, 16, generator=torch.Generator().manual_seed(4))
+    base = [torch.zeros(0, 5), torch.zeros(0, 5)]
+    with torch.no_grad():
+        _, before = vt(feats, dict(batch, points=base))
+        for b, n in [(1, 0), (0, 1)]:
+            point, _ = frustum_point(batch, b, n, 5, 3, 9)
+            points = [p.clone() for p in base]
+            points[b] = torch.tensor([[*point, 0.0, 0.0]], dtype=torch.float32)
+            image = points_to_depth_image(points, batch["lidar2image"], batch["img_aug_matrix"], batch["lidar_aug_matrix"], IMAGE)
+            assert (image.flatten(2) > 0).any(2).nonzero().tolist() == [[b, n]]
+            _, after = vt(feats, dict(batch, points=points))
+            changed = (after["depth_logits"] - before["depth_logits"]).abs().flatten(2).amax(2) > 1e-6
+            assert changed.nonzero().tolist() == [[b, n]]

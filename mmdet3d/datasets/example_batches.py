@@ -4,7 +4,9 @@
 points plus points inside random boxes). Cameras sit 1.6 m above the LiDAR origin, evenly spaced
 in yaw and looking outward; the frames follow docs/data_format.md (LiDAR x forward, y left, z up;
 camera x right, y down, z forward). ``keyframe_batch``: the first sample of an info folder (e.g.
-the real nuScenes keyframe) through a config's test pipeline.
+the real nuScenes keyframe) through a config's test pipeline. ``blob_batch``: a camera-only scene
+that only a correctly wired lift can learn (objects drawn as blobs that carry their depth, under
+random image flips and random BEV rotations and flips).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from mmdet3d.datasets.nuscenes_dataset import NuScenesDataset
 from mmdet3d.datasets.nuscenes_utils import NUSCENES_CLASSES
 from mmdet3d.datasets.pipelines.formatting import collate
 
-__all__ = ["CLASSES", "camera_rig", "random_boxes", "random_points", "make_batch", "add_depth_targets", "keyframe_batch"]
+__all__ = ["CLASSES", "camera_rig", "random_boxes", "random_points", "make_batch", "add_depth_targets", "blob_batch",
+           "keyframe_batch"]
 
 CLASSES = list(NUSCENES_CLASSES)
 
@@ -120,6 +123,56 @@ def add_depth_targets(batch: dict, downsample: int, dbound=None) -> dict:
     batch["depth_map"] = torch.stack([m["depth_map"] for m in maps])
     batch["fg_map"] = torch.stack([m["fg_map"] for m in maps])
     return batch
+
+
+def blob_batch(generator: torch.Generator, batch_size: int = 2, num_cams: int = 4, image_size=(64, 96), num_boxes: int = 3,
+               extent: float = 10.0) -> tuple[dict, list[torch.Tensor]]:
+    """A camera-only batch and its boxes (B lists of (M, 9)) in the un-augmented LiDAR frame.
+
+    ``num_boxes`` cars (label 0, yaw 0) per sample lie 3 m to ``extent`` m from the origin of a
+    ``camera_rig`` of 100-degree cameras. Each image shows every box centre in front of its
+    camera as a Gaussian blob (sigma 3 px) in channel 0, and the same blob times depth / 10 m in
+    channel 1. Each camera's image is flipped left-right with probability 0.5 (``img_aug_matrix``);
+    each sample is rotated about z by a uniform angle and mirrored in y with probability 0.5
+    (``lidar_aug_matrix``; ``gt_bboxes_3d`` are the augmented boxes). No points.
+    """
+    height, width = image_size
+    batch = make_batch(batch_size=batch_size, num_cams=num_cams, image_size=image_size, num_boxes=(0,), num_points=0)
+    intrinsics, camera2lidar, lidar2camera, lidar2image = camera_rig(num_cams, image_size, fov_degrees=100.0)
+    for key, value in (("camera_intrinsics", intrinsics), ("camera2lidar", camera2lidar), ("camera2ego", camera2lidar),
+                       ("lidar2camera", lidar2camera), ("lidar2image", lidar2image)):
+        batch[key] = value.expand(batch_size, *value.shape).clone()
+    rows, cols = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij")
+    images = torch.zeros(batch_size, num_cams, 3, height, width)
+    boxes, augmented = [], []
+    for b in range(batch_size):
+        u = torch.rand(num_boxes, 2, generator=generator)
+        radius, angle = 3.0 + u[:, 0] * (extent - 3.0), u[:, 1] * 2 * math.pi
+        box = torch.zeros(num_boxes, 9)
+        box[:, 0], box[:, 1], box[:, 2] = radius * angle.cos(), radius * angle.sin(), -0.8
+        box[:, 3:6] = torch.tensor([4.0, 1.8, 1.6])
+        boxes.append(box)
+        for n in range(num_cams):
+            if torch.rand(1, generator=generator).item() < 0.5:  # flip left-right: u -> W - 1 - u
+                batch["img_aug_matrix"][b, n, 0, 0], batch["img_aug_matrix"][b, n, 0, 3] = -1.0, width - 1.0
+            camera = torch.cat([box[:, :3], torch.ones(num_boxes, 1)], dim=1) @ lidar2image[n].T  # (M, 4)
+            for centre in camera[camera[:, 2] > 0.5]:
+                pixel = batch["img_aug_matrix"][b, n] @ torch.stack([centre[0] / centre[2], centre[1] / centre[2], centre[2], centre.new_ones(())])
+                blob = torch.exp(-((cols - pixel[0]) ** 2 + (rows - pixel[1]) ** 2) / (2 * 3.0**2))
+                images[b, n, 0] = torch.maximum(images[b, n, 0], blob)
+                images[b, n, 1] = torch.maximum(images[b, n, 1], blob * centre[2] / 10.0)
+        theta = torch.rand(1, generator=generator).item() * 2 * math.pi
+        mirror = -1.0 if torch.rand(1, generator=generator).item() < 0.5 else 1.0
+        linear = torch.tensor([[math.cos(theta), -math.sin(theta), 0.0], [mirror * math.sin(theta), mirror * math.cos(theta), 0.0],
+                               [0.0, 0.0, 1.0]])
+        batch["lidar_aug_matrix"][b, :3, :3] = linear
+        moved = box.clone()
+        moved[:, :3] = box[:, :3] @ linear.T
+        moved[:, 6] = mirror * theta  # yaw 0 turned by theta, then mirrored in y
+        augmented.append(moved)
+    batch.update(img=images, gt_bboxes_3d=augmented, gt_labels_3d=[torch.zeros(num_boxes, dtype=torch.long)] * batch_size,
+                 points=[torch.zeros(0, 5)] * batch_size)
+    return batch, boxes
 
 
 def keyframe_batch(cfg: dict, keyframe: str | Path, batch_size: int = 1, test_mode: bool = True) -> dict | None:
