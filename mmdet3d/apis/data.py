@@ -2,14 +2,22 @@
 
 Every training process uses a ``DistributedSampler`` (with one replica in a single process), so
 the order of epoch ``e`` is a permutation seeded with ``seed + e`` whatever the launch mode:
-a resumed run sees exactly the data order of an uninterrupted one. Random state for
-augmentation is re-seeded at each epoch start from ``(seed, epoch, rank)`` in the main process,
-and each DataLoader worker gets ``base_seed + worker_id`` from a generator seeded the same way.
+a resumed run sees exactly the data order of an uninterrupted one.
+
+Augmentation is seeded per sample: the training dataset is wrapped in ``SeededSamples``, which
+seeds ``random``, ``numpy.random`` and torch's global generator from ``(seed, epoch, index)``
+before loading sample ``index`` (and restores them after). A sample therefore gets the same
+augmentation whichever process loads it: the same with 0 or N loader workers, with any number
+of ranks, and after a resume. (Per-worker streams, seeded ``base_seed + worker_id``, gave each
+sample the draws of whichever worker happened to load it, so the weights depended on the
+worker count.) The main process's generators are re-seeded at each epoch start from
+``(seed, epoch, rank)``; loading never advances them.
 """
 from __future__ import annotations
 
+import contextlib
 import random
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -17,7 +25,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 
 __all__ = [
     "derive_seed",
+    "sample_seed",
     "seed_everything",
+    "seeded_global_rngs",
+    "SeededSamples",
     "worker_init_fn",
     "resolve_collate",
     "build_train_loader",
@@ -32,6 +43,11 @@ __all__ = [
 def derive_seed(seed: int, epoch: int = 0, rank: int = 0) -> int:
     """A 31-bit seed for (seed, epoch, rank); distinct ranks and epochs get distinct seeds."""
     return (int(seed) * 1_000_003 + int(epoch) * 10_007 + int(rank) * 101) % (2**31 - 1)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 31-bit seed for sample ``index`` of epoch ``epoch``: independent of rank and worker."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1)[0]) % (2**31 - 1)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -49,6 +65,48 @@ def worker_init_fn(worker_id: int) -> None:
     seed = torch.initial_seed() % (2**31 - 1)
     random.seed(seed)
     np.random.seed(seed)
+
+
+@contextlib.contextmanager
+def seeded_global_rngs(seed: int) -> Iterator[None]:
+    """Seed ``random``, ``numpy.random`` and torch's CPU generator with ``seed`` inside the block;
+    restore their previous states on exit."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)  # CPU only: the CUDA generators stay the model's
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+class SeededSamples(Dataset):
+    """``dataset[index]`` loaded under ``seeded_global_rngs(sample_seed(seed, epoch, index))``.
+
+    Pipeline steps draw from the global generators (``np.random`` as mmdetection3d's do); this
+    wrapper makes those draws a function of the sample and the epoch alone. ``set_epoch`` is
+    called by ``start_epoch`` before the loader's workers are started (they copy the wrapper
+    with its epoch; persistent workers would keep a stale epoch, so the loaders do not use them).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        set_epoch_recursive(self.dataset, epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        with seeded_global_rngs(sample_seed(self.seed, self.epoch, index)):
+            return self.dataset[index]
 
 
 def _unwrap_datasets(dataset: Any) -> Iterable[Any]:
@@ -120,8 +178,9 @@ def _build_loader(dataset: Dataset, sampler: Sampler, samples_per_gpu: int, work
 
 
 def build_train_loader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: int, rank: int, world_size: int, seed: int) -> DataLoader:
+    """Shuffled ``DistributedSampler`` order and per-sample augmentation seeds (``SeededSamples``)."""
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=int(seed))
-    return _build_loader(dataset, sampler, samples_per_gpu, workers_per_gpu, generator=torch.Generator())
+    return _build_loader(SeededSamples(dataset, seed), sampler, samples_per_gpu, workers_per_gpu, generator=torch.Generator())
 
 
 def build_test_loader(dataset: Dataset, samples_per_gpu: int, workers_per_gpu: int, rank: int, world_size: int) -> DataLoader:
@@ -146,7 +205,8 @@ def build_test_loader_from_config(dataset: Dataset, cfg: Mapping[str, Any], rank
 
 
 def start_epoch(loader: DataLoader, epoch: int, seed: int, rank: int) -> None:
-    """Before iterating epoch ``epoch``: sampler order, worker seeds, main-process RNGs, set_epoch hooks."""
+    """Before iterating epoch ``epoch``: sampler order, worker seeds, main-process RNGs, set_epoch hooks
+    (the per-sample augmentation seeds of ``SeededSamples`` among them)."""
     epoch_seed = derive_seed(seed, epoch, rank)
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
