@@ -143,7 +143,7 @@ def test_nuscenes_config_forward_on_real_keyframe(path, keyframe_batches, one_th
         preds = {"object": model.heads["object"](features["decoder_out"])}
         results = model.predict(batch, preds)
     camera = "camera" in model.encoders
-    assert tuple(features["fused_bev"].shape) == (1, model.fuser.out_channels if model.fuser else 80, 180, 180)
+    assert tuple(features["fused_bev"].shape) == (1, model.feature_channels["fused_bev"], 180, 180)
     if camera:
         assert tuple(features["camera_bev"].shape) == (1, 80, 180, 180)
         assert tuple(features["depth_logits"].shape) == (1, 6, 118, 32, 88)

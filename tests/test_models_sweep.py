@@ -4,6 +4,8 @@ A component registered without a case here fails ``test_every_registered_compone
 Fusion models are swept over each modality combination, fuser and decoder, with empty ground
 truth in the batch; the shipped configs are swept in test_configs.py.
 """
+import math
+
 import pytest
 import torch
 
@@ -199,6 +201,16 @@ def _loss_case(ltype):
     return case
 
 
+def case_dense_depth_loss(build):
+    m = build(dict(type="DenseDepthLoss", dbound=[1.0, 5.0, 1.0], loss_weight=2.0))
+    logits = torch.zeros(1, 1, 4, 1, 2, requires_grad=True)
+    depth = torch.tensor([[[[2.5, 0.0]]]])  # one cell in bin 1, one without a point
+    loss = m(logits, depth)
+    assert loss.item() == pytest.approx(2.0 * 4 * math.log(2.0))  # BCE(0.5) over 4 bins, one cell
+    loss.backward()
+    assert logits.grad[..., 1].abs().sum() == 0 and logits.grad[0, 0, 1, 0, 0] < 0
+
+
 CASES = {
     "ResNet": case_resnet, "TinyResNet": case_tiny_resnet, "GeneralizedResNet": case_generalized_resnet,
     "SECOND": case_second, "GeneralizedLSSFPN": case_generalized_lss_fpn, "SECONDFPN": case_second_fpn,
@@ -209,6 +221,7 @@ CASES = {
     "PointPillarsScatter": case_point_pillars_scatter, "PointPillarsEncoder": case_point_pillars_encoder,
     "SparseEncoder": case_sparse_encoder, "ConvFuser": _fuser_case("ConvFuser"), "AddFuser": _fuser_case("AddFuser"),
     "CenterHead": case_center_head, "GaussianFocalLoss": _loss_case("GaussianFocalLoss"), "L1Loss": _loss_case("L1Loss"),
+    "DenseDepthLoss": case_dense_depth_loss,
 }
 
 
