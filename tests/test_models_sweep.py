@@ -203,12 +203,12 @@ def _loss_case(ltype):
 
 def case_dense_depth_loss(build):
     m = build(dict(type="DenseDepthLoss", dbound=[1.0, 5.0, 1.0], loss_weight=2.0))
-    logits = torch.zeros(1, 1, 4, 1, 2, requires_grad=True)
-    depth = torch.tensor([[[[2.5, 0.0]]]])  # one cell in bin 1, one without a point
+    logits = torch.zeros(1, 1, 4, 1, 3, requires_grad=True)
+    depth = torch.tensor([[[[2.5, 0.0, 4.2]]]])  # cells in bins 1 and 3, one without a point
     loss = m(logits, depth)
-    assert loss.item() == pytest.approx(2.0 * 4 * math.log(2.0))  # BCE(0.5) over 4 bins, one cell
+    assert loss.item() == pytest.approx(2.0 * 4 * math.log(2.0))  # BCE(0.5) over 4 bins, mean of two cells
     loss.backward()
-    assert logits.grad[..., 1].abs().sum() == 0 and logits.grad[0, 0, 1, 0, 0] < 0
+    assert logits.grad[..., 1].abs().sum() == 0 and logits.grad[0, 0, 1, 0, 0] < 0 and logits.grad[0, 0, 3, 0, 2] < 0
 
 
 CASES = {

@@ -21,6 +21,7 @@ from torch import nn
 from mmdet3d.utils.checkpoint import CheckpointError, load_checkpoint_file, load_model_weights
 
 from ..builder import DISTILL_LOSSES, DISTILLERS, FUSION_MODELS
+from ..vtransforms.base import depth_bin_centers
 
 __all__ = ["BEVDistiller", "named_tensors", "resolve_model_config"]
 
@@ -140,7 +141,7 @@ class BEVDistiller(nn.Module):
         if "camera" in self.student.encoders:
             vtransform = self.student.encoders["camera"]["vtransform"]
             context["dbound"] = vtransform.dbound
-            context["depth_bins"] = vtransform.frustum[:, 0, 0, 2].clone()
+            context["depth_bins"] = depth_bin_centers(vtransform.dbound)
         return context
 
     # ------------------------------------------------------------------------------- running
