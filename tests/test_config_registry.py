@@ -113,3 +113,15 @@ def test_empty_default_and_non_mapping_file(config_tree):
     (config_tree.parent / "default.yaml").write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="default.yaml must hold a mapping"):
         load_config(str(config_tree))
+
+
+def test_override_of_a_list_element_by_index():
+    cfg = {"losses": [{"type": "A", "weight": 1.0}, {"type": "B", "weight": 100.0}], "size": [1, 2]}
+    out = apply_overrides(cfg, ["--losses.1.weight", "0.5", "--size.0", "7"])
+    assert out["losses"] == [{"type": "A", "weight": 1.0}, {"type": "B", "weight": 0.5}] and out["size"] == [7, 2]
+    with pytest.raises(ConfigError, match=r"override --losses.2.weight: losses is a list of 2; '2' is not an index in 0..1"):
+        apply_overrides(cfg, ["--losses.2.weight", "1"])
+    with pytest.raises(ConfigError, match=r"'weight' is not an index"):
+        apply_overrides(cfg, ["--losses.weight", "1"])
+    with pytest.raises(ConfigError, match=r"losses.0.wieght"):
+        apply_overrides(cfg, ["--losses.0.wieght", "1"])

@@ -133,7 +133,8 @@ def _parse_value(key: str, text: str, old: Any) -> Any:
 
 def apply_overrides(cfg: dict, opts: Iterable[str]) -> dict:
     """Apply ``--a.b.c value`` / ``--a.b.c=value`` pairs; every key must already exist and the
-    value must be of its kind (``_parse_value``)."""
+    value must be of its kind (``_parse_value``). A list element is named by its index
+    (``--model.distill_losses.0.weight 0.1``)."""
     opts = list(opts)
     i = 0
     while i < len(opts):
@@ -152,7 +153,13 @@ def apply_overrides(cfg: dict, opts: Iterable[str]) -> dict:
         parts = key.split(".")
         node = cfg
         for depth, part in enumerate(parts):
-            if not isinstance(node, dict) or part not in node:
+            if isinstance(node, list):  # a list element by index: --model.distill_losses.0.weight
+                if not part.isdigit() or int(part) >= len(node):
+                    where = ".".join(parts[:depth])
+                    raise ConfigError(f"override --{key}: {where} is a list of {len(node)}; "
+                                      f"{part!r} is not an index in 0..{len(node) - 1}")
+                part = int(part)
+            elif not isinstance(node, dict) or part not in node:
                 raise ConfigError(_unknown_key_message(key, cfg, "override key"))
             if depth == len(parts) - 1:
                 node[part] = _parse_value(key, text, node[part])
