@@ -8,6 +8,7 @@ import torch
 
 from mmdet3d.datasets.example_batches import add_depth_targets
 from mmdet3d.models import build_model
+from mmdet3d.models.distillers import named_tensors
 from mmdet3d.utils.checkpoint import CheckpointError, load_checkpoint_file, save_checkpoint
 from model_inputs import make_batch, tiny_model_cfg
 
@@ -143,3 +144,29 @@ def test_loss_names_are_unique_and_tensor_names_checked(teacher_checkpoint):
     model = _distiller(path, distill_losses=[dict(type="InterKeypointLoss", student="lidar_bev", teacher="lidar_bev")]).train()
     with pytest.raises(KeyError, match="student has no tensor 'lidar_bev'"):
         model(_batch())
+
+
+def test_teacher_heads_run_only_when_a_loss_reads_them_and_keypoints_are_sampled_once(teacher_checkpoint, monkeypatch):
+    path, _ = teacher_checkpoint
+    batch = _batch()
+    model = _distiller(path).train()
+    assert not model.teacher_heads_needed
+    calls = {"head": 0, "sample": 0}
+    head = model.teacher.heads["object"]
+    original_head = head.forward
+    monkeypatch.setattr(head, "forward", lambda x: calls.__setitem__("head", calls["head"] + 1) or original_head(x))
+    from mmdet3d.models.distillers.losses import tig_modules
+    original_sample = tig_modules.sample_box_keypoints
+    monkeypatch.setattr(tig_modules, "sample_box_keypoints",
+                        lambda *a, **k: calls.__setitem__("sample", calls["sample"] + 1) or original_sample(*a, **k))
+    torch.manual_seed(0)
+    cached = model(batch)
+    assert calls == {"head": 0, "sample": 2}  # one student and one teacher sampling for both TiG terms
+    # Without the per-step cache (each loss samples for itself) the values are the same.
+    student = named_tensors(*model.student.forward_features(batch))
+    with torch.no_grad():
+        teacher = named_tensors(*model.teacher.forward_features(batch))
+    for loss in model.distill_losses:
+        assert torch.allclose(loss(student, teacher, batch, model.context), cached[f"loss/distill/{loss.name}"], rtol=1e-5)
+    heads = _distiller(path, distill_losses=[dict(type="InterKeypointLoss", teacher="heatmaps", lattice=4)])
+    assert heads.teacher_heads_needed

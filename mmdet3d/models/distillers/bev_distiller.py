@@ -23,17 +23,23 @@ from mmdet3d.utils.checkpoint import CheckpointError, load_checkpoint_file, load
 from ..builder import DISTILL_LOSSES, DISTILLERS, FUSION_MODELS
 from ..vtransforms.base import depth_bin_centers
 
-__all__ = ["BEVDistiller", "named_tensors", "resolve_model_config"]
+__all__ = ["BEVDistiller", "HEAD_TENSORS", "named_tensors", "resolve_model_config"]
 
 INIT_FROM_TEACHER = ("fuser", "decoder", "heads")
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
-def named_tensors(features: dict, preds: dict) -> dict[str, Any]:
+HEAD_TENSORS = ("heatmaps", "box_codes")
+
+
+def named_tensors(features: dict, preds: dict | None) -> dict[str, Any]:
     """The tensors a distillation loss may name: the feature maps plus, per task, the object head's
-    heatmap logits (``heatmaps``) and box-code maps (``box_codes``: reg, height, dim, rot[, vel])."""
-    tasks = preds.get("object", [])
+    heatmap logits (``heatmaps``) and box-code maps (``box_codes``: reg, height, dim, rot[, vel]).
+    ``preds=None`` (heads not run) leaves the head entries out."""
     named = dict(features)
+    if preds is None:
+        return named
+    tasks = preds.get("object", [])
     named["heatmaps"] = [t["heatmap"] for t in tasks]
     named["box_codes"] = [{k: v for k, v in t.items() if k != "heatmap"} for t in tasks]
     return named
@@ -93,6 +99,9 @@ class BEVDistiller(nn.Module):
                 raise ValueError(f"BEVDistiller: two distill_losses are named {loss.name!r}; give each a distinct name")
             self.distill_losses.append(loss)
         self.context = self._context()
+        # The teacher's heads run only when a loss compares head outputs (TiG reads decoder_out).
+        self.teacher_heads_needed = any(loss.teacher in HEAD_TENSORS or getattr(loss, "needs_teacher_heads", False)
+                                        for loss in self.distill_losses)
 
     # ------------------------------------------------------------------------------- building
     def load_teacher(self, path: str) -> None:
@@ -158,8 +167,12 @@ class BEVDistiller(nn.Module):
         if not self.distill_losses:
             return losses
         with torch.no_grad():
-            teacher = named_tensors(*self.teacher.forward_features(batch))
+            if self.teacher_heads_needed:
+                teacher = named_tensors(*self.teacher.forward_features(batch))
+            else:
+                teacher = named_tensors(self.teacher.extract_features(batch), None)
         student = named_tensors(features, preds)
+        context = dict(self.context, cache={})  # per-step cache: losses share work (keypoint samples)
         for loss in self.distill_losses:
-            losses[f"loss/distill/{loss.name}"] = loss(student, teacher, batch, self.context)
+            losses[f"loss/distill/{loss.name}"] = loss(student, teacher, batch, context)
         return losses

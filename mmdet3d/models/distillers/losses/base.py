@@ -14,12 +14,16 @@ class DistillLoss(nn.Module):
 
     ``student`` / ``teacher``: the models' named tensors (``named_tensors``); ``self.student`` and
     ``self.teacher`` name the entries compared. ``batch`` holds the GT boxes and the depth and
-    foreground maps; ``context`` the geometry (``bev_range``, ``dbound``, ``depth_bins``).
+    foreground maps; ``context`` the geometry (``bev_range``, ``dbound``, ``depth_bins``) and
+    ``cache``, a dict that lives for one training step, where losses share intermediate results.
+    The distiller runs the teacher's heads only if some loss names ``heatmaps``/``box_codes`` as its
+    ``teacher`` or sets ``needs_teacher_heads = True``.
     ``name`` becomes the logged key ``loss/distill/<name>``. Subclasses that build an adapter set
     ``needs_channels = True`` and receive ``student_channels`` / ``teacher_channels``.
     """
 
     needs_channels = False
+    needs_teacher_heads = False
     default_student: str | None = None
     default_teacher: str | None = None
     default_name = "distill"

@@ -44,9 +44,16 @@ class _BoxKeypointLoss(DistillLoss):
         if fs.shape[-2:] != ft.shape[-2:]:
             raise ValueError(f"{type(self).__name__}: student {self.student} grid {tuple(fs.shape[-2:])} differs from the "
                              f"teacher {self.teacher} grid {tuple(ft.shape[-2:])}")
+        # Inter-keypoint and inter-channel terms sample the same lattice: once per step.
+        key = ("box_keypoints", self.student, self.teacher, self.lattice, self.enlarge)
+        cache = context.get("cache")
+        if cache is not None and key in cache:
+            return cache[key]
         boxes = batch["gt_bboxes_3d"]
         ps = sample_box_keypoints(fs, boxes, context["bev_range"], self.lattice, self.enlarge)
         pt = sample_box_keypoints(ft.detach(), boxes, context["bev_range"], self.lattice, self.enlarge)
+        if cache is not None:
+            cache[key] = (ps, pt)
         return ps, pt
 
 
