@@ -158,6 +158,7 @@ def test_relation_loss_hand_computed():
 
 def test_inter_keypoint_loss_equals_the_explicit_gram_matrices_with_zero_rows():
     from mmdet3d.models.distillers.losses import relation_loss
+    from mmdet3d.models.distillers.losses.tig import _gram_row_loss
 
     torch.manual_seed(1)
     ps, pt = torch.randn(4, 6, 9, dtype=torch.float64), torch.randn(4, 3, 9, dtype=torch.float64)
@@ -167,6 +168,12 @@ def test_inter_keypoint_loss_equals_the_explicit_gram_matrices_with_zero_rows():
     pt[2, :, 5] = 0
     explicit = relation_loss(ps.transpose(1, 2) @ ps, pt.transpose(1, 2) @ pt)
     assert inter_keypoint_loss(ps, pt).item() == pytest.approx(explicit.item(), rel=1e-9)
+    assert _gram_row_loss(ps, pt).item() == pytest.approx(explicit.item(), rel=1e-9)  # the factorised form
+    # Many keypoints and few channels (the paper's lattice 24 regime): the factorised path, same value.
+    wide_s, wide_t = torch.randn(3, 2, 40, dtype=torch.float64), torch.randn(3, 3, 40, dtype=torch.float64)
+    wide_s[0, :, 7] = 0
+    explicit = relation_loss(wide_s.transpose(1, 2) @ wide_s, wide_t.transpose(1, 2) @ wide_t)
+    assert inter_keypoint_loss(wide_s, wide_t).item() == pytest.approx(explicit.item(), rel=1e-9)
 
 
 def test_inner_depth_loss_with_a_non_finite_logit_is_nan_not_an_error():
@@ -183,7 +190,9 @@ def test_relation_losses_have_finite_gradients_with_keypoints_off_the_map():
     with torch.no_grad():
         ps[:, :, :2] = 0
         pt[:, :, 1:3] = 0
-    for loss in (inter_keypoint_loss, inter_channel_loss):
+    from mmdet3d.models.distillers.losses.tig import _gram_row_loss
+
+    for loss in (inter_keypoint_loss, inter_channel_loss, _gram_row_loss):
         ps.grad = None
         loss(ps, pt).backward()
         assert torch.isfinite(ps.grad).all(), loss.__name__
