@@ -6,8 +6,9 @@
 
 Generates the split when its info files are missing, trains the camera+LiDAR teacher once, then
 per seed the BEVDet-style baseline (no depth supervision), the BEVDepth-style baseline (dense
-depth loss) and the TiG student (the BEVDepth-style student plus the TiG losses, teacher frozen),
-all with the same schedule, each evaluated through the devkit at the end of its training. A run
+depth loss), the ablation that only copies the teacher's decoder and heads into that student, and
+the TiG student (the BEVDepth-style student plus the TiG losses, teacher frozen), all with the
+same schedule, each evaluated through the devkit at the end of its training. A run
 whose final evaluation is in its ``log.jsonl`` is reused; an interrupted one resumes from its
 ``latest.pth``. The table (mean and half-range over seeds) goes into ``benchmarks/RESULTS.md``
 between markers, with the command; the step-cost ratios are measured in this process.
@@ -32,6 +33,7 @@ LIDAR_TEACHER = f"{DET}/lidar/pointpillars.yaml"
 MODELS = {  # name -> (config, needs the teacher checkpoint)
     "BEVDet-style baseline (no depth supervision)": (f"{DET}/camera/lss.yaml", False),
     "BEVDepth-style baseline (dense depth loss)": (f"{DET}/camera/lss_depth.yaml", False),
+    "teacher decoder and heads, no distillation loss (ablation)": ("configs/synthetic/distill/teacher_init.yaml", True),
     "TiG student (camera+LiDAR teacher)": ("configs/synthetic/distill/tig/convfuser.yaml", True),
 }
 METRICS = ["mAP", "NDS", "mATE", "mASE", "mAOE", "mAVE", "mAAE"]
