@@ -1,5 +1,6 @@
 # Two entry points, both self-installing on a fresh machine with Python 3.11:
-#   make demo   generate the embedded dataset, write the info files, print what was made
+#   make demo   generate the embedded dataset, train the teacher, a camera baseline and the TiG
+#               student (torchpack dist-run -np $(NP) where OpenMPI is present), evaluate, render
 #   make test   install what the tests need and run pytest
 PYTHON ?= python3.11
 VENV ?= .venv
@@ -10,6 +11,7 @@ DATA_ROOT ?= data/synthetic
 VERSION ?= v1.0-mini
 PYTEST_ARGS ?=
 DEMO_EPOCHS ?= 6
+NP ?= 2
 
 .PHONY: demo test install clean-data
 
@@ -36,8 +38,8 @@ install: $(STAMP) $(MPI_STAMP)
 test: $(STAMP) $(MPI_STAMP)
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS) tests
 
-demo: $(STAMP)
-	$(PY) tools/demo.py --root-path $(DATA_ROOT) --version $(VERSION) --epochs $(DEMO_EPOCHS)
+demo: $(STAMP) $(MPI_STAMP)
+	$(PY) tools/demo.py --root-path $(DATA_ROOT) --version $(VERSION) --epochs $(DEMO_EPOCHS) --np $(NP)
 
 clean-data:
 	rm -rf $(DATA_ROOT)

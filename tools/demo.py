@@ -1,15 +1,25 @@
-"""``make demo``: run the project as far as it goes, printing what it made and how long it took.
+"""``make demo``: the whole project on the embedded dataset, with no GPU and no download.
 
-Stages: generate the embedded nuScenes-format dataset, write the info files, load it back through
-the nuScenes devkit, then train the camera+LiDAR teacher, the two camera-only baselines (without
-and with depth supervision) and the TiG-distilled camera-only student with ``tools/train.py``, and
-score each on the val split with the devkit (mAP, NDS, heading and velocity errors).
+    python tools/demo.py [--root-path data/synthetic] [--np 2] [--epochs 6] [--run-root runs/demo]
+
+1. generates the embedded nuScenes-format dataset and its info files (reused when complete);
+2. trains the camera+LiDAR teacher, the depth-supervised camera-only baseline and the
+   TiG-distilled camera-only student with ``tools/train.py``, under ``torchpack dist-run -np N``
+   when OpenMPI and torchpack are present (plain python otherwise, said so);
+3. evaluates each with ``tools/test.py`` through the nuScenes devkit and prints one table (mAP,
+   NDS, the five TP errors) with the student's gain over the baseline;
+4. renders val samples with ``tools/visualize.py`` and prints the path of ``index.html``.
+
+Every stage reuses finished outputs, so a second run (or one after an interruption) resumes: a
+finished training is skipped, an interrupted one continues from its latest checkpoint.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,12 +32,15 @@ from mmdet3d.utils.data_files import load_trusted_pickle  # noqa: E402
 STAMP = ".demo_stamp.json"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER = "configs/synthetic/det/centerhead/second/camera+lidar/convfuser.yaml"
-MODELS = {  # trained in this order; the TiG student reads the teacher's latest checkpoint
+BASELINE = "configs/synthetic/det/centerhead/second/camera/lss_depth.yaml"
+STUDENT = "configs/synthetic/distill/tig/convfuser.yaml"
+MODELS = {  # trained in this order; the student reads the teacher's checkpoint
     "teacher (camera+LiDAR)": TEACHER,
-    "camera-only, no depth sup.": "configs/synthetic/det/centerhead/second/camera/lss.yaml",
-    "camera-only, depth sup.": "configs/synthetic/det/centerhead/second/camera/lss_depth.yaml",
-    "TiG student (camera-only)": "configs/synthetic/distill/tig/convfuser.yaml",
+    "baseline (camera, depth sup.)": BASELINE,
+    "TiG student (camera only)": STUDENT,
 }
+TOTAL_BATCH = 2  # samples per optimiser step in the synthetic configs (one process)
+METRICS = ("mAP", "NDS", "mATE", "mASE", "mAOE", "mAVE", "mAAE")
 
 
 def stage(title: str) -> float:
@@ -35,107 +48,151 @@ def stage(title: str) -> float:
     return time.time()
 
 
-def generate(root: str, version: str, seed: int, force: bool) -> None:
+def launcher(np_: int) -> list[str]:
+    """The command prefix that runs a tool on ``np_`` processes (plain python for one)."""
+    torchpack = os.path.join(os.path.dirname(sys.executable), "torchpack")
+    if np_ > 1 and shutil.which("mpirun") and os.path.exists(torchpack):
+        return [torchpack, "dist-run", "-np", str(np_), sys.executable]
+    if np_ > 1:
+        print(f"note: {'mpirun (OpenMPI 4)' if not shutil.which('mpirun') else 'torchpack'} not found: "
+              "running on one process with plain python (apt-get install -y openmpi-bin for dist-run)")
+    return [sys.executable]
+
+
+def run(cmd: list[str]) -> None:
+    print("$ " + " ".join(os.path.relpath(c, REPO) if c.startswith(REPO) else c for c in cmd), flush=True)
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONUNBUFFERED="1")
+    subprocess.run(cmd, check=True, cwd=REPO, env=env)
+
+
+# ----------------------------------------------------------------------------------- data
+def prepare_data(root: str, version: str, seed: int, scenes: int | None, keyframes: int, force: bool) -> None:
+    from mmdet3d.datasets.nuscenes_converter import create_infos
     from mmdet3d.datasets.synthetic import GENERATOR_VERSION, generate_dataset
 
     stamp_path = os.path.join(root, STAMP)
-    wanted = {"version": version, "seed": seed, "generator": GENERATOR_VERSION}
-    if not force and os.path.exists(stamp_path):
+    wanted = {"version": version, "seed": seed, "generator": GENERATOR_VERSION, "scenes": scenes, "keyframes": keyframes}
+    infos = [os.path.join(root, f"nuscenes_infos_{split}.pkl") for split in ("train", "val")]
+    if not force and os.path.exists(stamp_path) and all(map(os.path.isfile, infos)):
         with open(stamp_path) as f:
             if json.load(f) == wanted:
-                print(f"reusing the dataset in {root} (same version, seed and generator; pass --force to regenerate)")
+                print(f"reusing the dataset and info files in {root} (same version, seed and generator; --force regenerates)")
                 return
+    if os.path.exists(stamp_path):
+        os.remove(stamp_path)  # an interrupted regeneration must not look complete
     start = time.time()
-    summary = generate_dataset(root_path=root, version=version, seed=seed)
-    seconds = time.time() - start
+    summary = generate_dataset(root_path=root, version=version, num_scenes=scenes, keyframes_per_scene=keyframes, seed=seed)
+    print(f"generated {summary['samples']} samples of {summary['scenes']} scenes, {summary['images']} images, "
+          f"{summary['lidar_sweeps']} LiDAR sweeps in {time.time() - start:.1f} s"
+          + (" (target: under 180 s)" if version == "v1.0-mini" and scenes is None else ""))
+    create_infos(root, version, None, 10, "nuscenes", True)
+    for split, path in zip(("train", "val"), infos):
+        data = load_trusted_pickle(path)["infos"]
+        names = Counter(n for info in data for n in info["gt_names"])
+        print(f"{split}: {len(data)} samples, {sum(names.values())} boxes ({', '.join(f'{k} {v}' for k, v in sorted(names.items()))})")
     with open(stamp_path, "w") as f:
         json.dump(wanted, f)
-    print(json.dumps({k: v for k, v in summary.items() if k != "paths"}, indent=2, default=str))
-    target = " (target: under 180 s for the default mini dataset)" if version == "v1.0-mini" else ""
-    print(f"generated in {seconds:.1f} s{target}")
 
 
-def summarise(root: str, version: str) -> None:
-    from nuscenes.nuscenes import NuScenes
-
-    nusc = NuScenes(version=version, dataroot=root, verbose=False)
-    print(f"devkit: {len(nusc.scene)} scenes, {len(nusc.sample)} samples, {len(nusc.sample_data)} sample_data, "
-          f"{len(nusc.sample_annotation)} annotations, {len(nusc.instance)} instances")
-    for split in ("train", "val"):
-        path = os.path.join(root, f"nuscenes_infos_{split}.pkl")
-        infos = load_trusted_pickle(path)["infos"]
-        names = Counter(n for info in infos for n in info["gt_names"])
-        boxes = sum(len(info["gt_names"]) for info in infos)
-        print(f"{split}: {len(infos)} samples, {boxes} boxes; per class: " + ", ".join(f"{k} {v}" for k, v in sorted(names.items())))
-
-
-def last_val_metrics(run_dir: str) -> dict:
-    metrics = {}
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        for line in f:
-            record = json.loads(line)
-            if record.get("mode") == "val":
-                metrics = record
-    return metrics
-
-
+# ----------------------------------------------------------------------------------- models
 def run_dir_of(config: str, run_root: str) -> str:
     return os.path.join(run_root, os.path.splitext(os.path.relpath(config, "configs"))[0])
 
 
-def train_and_evaluate(name: str, config: str, root: str, epochs: int, run_root: str) -> dict:
-    """``tools/train.py`` as a user runs it, evaluating on the val split after the last epoch."""
-    run_dir = run_dir_of(config, run_root)
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train.py"), config, "--run-dir", run_dir,
-           "--dataset_root", root.rstrip("/") + "/", "--max_epochs", str(epochs), "--eval_interval", str(epochs)]
-    if "/distill/" in config:
-        cmd += ["--model.teacher_checkpoint", os.path.join(run_dir_of(TEACHER, run_root), "latest.pth")]
-    print("$ " + " ".join(cmd[1:]), flush=True)
-    start = time.time()
-    subprocess.run(cmd, check=True, cwd=REPO)
-    metrics = last_val_metrics(run_dir)
-    return {"model": name, "run_dir": run_dir, "minutes": (time.time() - start) / 60,
-            **{k: metrics.get(k, float("nan")) for k in ("mAP", "NDS", "mAOE", "mAVE")}}
+def train(config: str, args, prefix: list[str]) -> str:
+    """Train unless the run dir holds the final epoch's checkpoint; resume an interrupted run."""
+    run_dir = run_dir_of(config, args.run_root)
+    final = os.path.join(run_dir, f"epoch_{args.epochs}.pth")
+    if os.path.isfile(final):
+        print(f"reusing {final}")
+        return final
+    cmd = [*prefix, os.path.join(REPO, "tools", "train.py"), config, "--run-dir", run_dir,
+           "--dataset_root", args.root_path.rstrip("/") + "/", "--max_epochs", str(args.epochs), "--eval_interval", "0"]
+    if args.iters_per_epoch:
+        cmd += ["--iters-per-epoch", str(args.iters_per_epoch)]
+    if args.np > 1 and len(prefix) > 1:  # the same total batch (the configs' 2) on any number of processes
+        cmd += ["--data.samples_per_gpu", str(max(1, TOTAL_BATCH // args.np))]
+    if config == STUDENT:
+        cmd += ["--model.teacher_checkpoint", os.path.join(run_dir_of(TEACHER, args.run_root), f"epoch_{args.epochs}.pth")]
+    if os.path.isfile(os.path.join(run_dir, "latest.pth")):
+        cmd.append("--resume")
+    run(cmd)
+    return final
+
+
+def evaluate(config: str, checkpoint: str, args, prefix: list[str]) -> dict:
+    """``tools/test.py`` on the val split; reused when newer than the checkpoint."""
+    out = os.path.join(os.path.dirname(checkpoint), "demo_eval")
+    metrics_path = os.path.join(out, "metrics.json")
+    if not (os.path.isfile(metrics_path) and os.path.getmtime(metrics_path) > os.path.getmtime(checkpoint)):
+        run([*prefix, os.path.join(REPO, "tools", "test.py"), config, checkpoint, "--eval", "bbox", "--split", "val",
+             "--run-dir", out, "--dataset_root", args.root_path.rstrip("/") + "/"])
+    else:
+        print(f"reusing {metrics_path}")
+    with open(metrics_path) as f:
+        return json.load(f)
+
+
+def render(checkpoint: str, args, prefix: list[str]) -> str:
+    out = os.path.join(args.run_root, "viz")
+    index = os.path.join(out, "index.html")
+    if os.path.isfile(index) and os.path.getmtime(index) > os.path.getmtime(checkpoint):
+        print(f"reusing {index}")
+        return index
+    run([*prefix, os.path.join(REPO, "tools", "visualize.py"), STUDENT, "--checkpoint", checkpoint, "--mode", "both",
+         "--split", "val", "--samples", str(args.viz_samples), "--out-dir", out,
+         "--dataset_root", args.root_path.rstrip("/") + "/"])
+    return index
+
+
+def table(rows: dict[str, dict]) -> list[str]:
+    lines = [f"{'model':<32}" + "".join(f"{m:>8}" for m in METRICS)]
+    for name, metrics in rows.items():
+        lines.append(f"{name:<32}" + "".join(f"{metrics.get(m, math.nan):>8.4f}" for m in METRICS))
+    student, baseline = rows[next(reversed(rows))], rows[list(rows)[1]]
+    lines.append(f"{'student - baseline':<32}" + "".join(f"{student.get(m, math.nan) - baseline.get(m, math.nan):>+8.4f}" for m in METRICS))
+    return lines
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root-path", default="data/synthetic")
     parser.add_argument("--version", default="v1.0-mini")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scenes", type=int, default=None, help="number of generated scenes (default: the version's)")
+    parser.add_argument("--keyframes", type=int, default=20, help="keyframes per generated scene")
     parser.add_argument("--force", action="store_true", help="regenerate the dataset even if present")
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs per model (0: skip training)")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs per model")
+    parser.add_argument("--iters-per-epoch", type=int, default=None, help="cut every epoch to this many iterations (smoke runs)")
+    parser.add_argument("--np", type=int, default=2, help="processes for training, testing and rendering")
+    parser.add_argument("--viz-samples", type=int, default=6)
     parser.add_argument("--run-root", default="runs/demo")
     args = parser.parse_args()
     total = time.time()
+    prefix = launcher(args.np)
 
-    t = stage("1. embedded dataset: tools/create_data.py synthetic")
-    generate(args.root_path, args.version, args.seed, args.force)
+    t = stage("1. embedded dataset and info files: tools/create_data.py synthetic / nuscenes")
+    prepare_data(args.root_path, args.version, args.seed, args.scenes, args.keyframes, args.force)
     print(f"stage time {time.time() - t:.1f} s")
 
-    t = stage("2. info files: tools/create_data.py nuscenes")
-    from mmdet3d.datasets.nuscenes_converter import create_infos
+    checkpoints, rows = {}, {}
+    for i, (name, config) in enumerate(MODELS.items(), start=2):
+        t = stage(f"{i}. train the {name}: {config} ({args.epochs} epochs)")
+        checkpoints[name] = train(config, args, prefix)
+        print(f"stage time {time.time() - t:.1f} s")
 
-    summary = create_infos(args.root_path, args.version, None, 10, "nuscenes", True)
-    print(json.dumps(summary, indent=2, default=str))
+    t = stage("5. evaluate on the val split: tools/test.py (nuScenes devkit, detection_cvpr_2019)")
+    for name, config in MODELS.items():
+        rows[name] = evaluate(config, checkpoints[name], args, prefix)
+    print("\n" + "\n".join(table(rows)))
     print(f"stage time {time.time() - t:.1f} s")
 
-    t = stage("3. summary through the nuScenes devkit")
-    summarise(args.root_path, args.version)
+    t = stage("6. render val samples: tools/visualize.py (BEV, cameras, distillation maps)")
+    index = render(checkpoints[list(MODELS)[-1]], args, prefix)
+    print(f"open {os.path.abspath(index)} in a browser")
     print(f"stage time {time.time() - t:.1f} s")
 
-    if args.epochs > 0:
-        rows = []
-        for i, (name, config) in enumerate(MODELS.items(), start=4):
-            t = stage(f"{i}. train the {name} for {args.epochs} epochs, evaluate on the val split")
-            rows.append(train_and_evaluate(name, config, args.root_path, args.epochs, args.run_root))
-            print(f"stage time {time.time() - t:.1f} s")
-        print(f"\n{'model':<28}{'epochs':>7}{'train+eval min':>16}{'mAP':>8}{'NDS':>8}{'mAOE':>8}{'mAVE':>8}  run dir")
-        for row in rows:
-            print(f"{row['model']:<28}{args.epochs:>7}{row['minutes']:>16.1f}{row['mAP']:>8.4f}{row['NDS']:>8.4f}"
-                  f"{row['mAOE']:>8.3f}{row['mAVE']:>8.3f}  {row['run_dir']}")
-
-    print(f"\nmake demo: total run time {time.time() - total:.1f} s")
+    print(f"\nmake demo: total run time {(time.time() - total) / 60:.1f} min")
     return 0
 
 
