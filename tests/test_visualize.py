@@ -24,7 +24,7 @@ from mmdet3d.apis.train import Trainer
 from mmdet3d.apis.visualize import (CAMERA_TILE_WIDTH, config_bev_range, eval_bev_image, read_sample, render_bev, render_cameras,
                                     sample_batch, select_indices)
 from mmdet3d.core.bbox import center_distance_matches, points_in_boxes
-from mmdet3d.core.visualize import TITLE_HEIGHT, camera_layout
+from mmdet3d.core.visualize import TITLE_HEIGHT
 from mmdet3d.utils.checkpoint import save_checkpoint
 from mmdet3d.utils.config import ConfigError, load_config
 from mmdet3d.utils.distributed import DistInfo
@@ -37,6 +37,8 @@ TIG_INSTANT = os.path.join(REPO, "configs", "synthetic", "distill", "tig", "inst
 CAMERA_CONFIG = os.path.join(REPO, "configs", "synthetic", "det", "centerhead", "second", "camera", "lss.yaml")
 NUSCENES_CONFIG = os.path.join(REPO, "configs", "nuscenes", "det", "centerhead", "lssfpn", "camera+lidar", "resnet50", "convfuser.yaml")
 BEV_SIZE, CAMERA_SIZE, DISTILL_SIZE = (1000, 830), (1440, 570), (960, 1056)
+NUSCENES_PLACES = {"CAM_FRONT_LEFT": (0, 0), "CAM_FRONT": (0, 1), "CAM_FRONT_RIGHT": (0, 2),
+                   "CAM_BACK_LEFT": (1, 0), "CAM_BACK": (1, 1), "CAM_BACK_RIGHT": (1, 2)}
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +97,25 @@ def _no_boxes(sample):
     return replace(sample, gt_boxes=np.zeros((0, 9)), gt_labels=np.zeros(0, np.int64))
 
 
-def test_gt_box_in_bev_covers_its_points(val_set):
+def _turned(sample, theta: float):
+    """The sample's points and boxes turned by ``theta`` about z (the generated vehicles are aligned
+    with the axes, where a box drawn with the wrong sense of rotation would still fit)."""
+    c, s = np.cos(theta), np.sin(theta)
+    rotation = np.array([[c, -s], [s, c]])
+    points, boxes = sample.points.copy(), sample.gt_boxes.copy()
+    points[:, :2] = points[:, :2] @ rotation.T
+    boxes[:, :2] = boxes[:, :2] @ rotation.T
+    boxes[:, 6] += theta
+    return replace(sample, points=points, gt_boxes=boxes)
+
+
+@pytest.mark.parametrize("theta", [0.0, 0.5])
+def test_gt_box_in_bev_covers_its_points(val_set, theta):
     cfg, dataset = val_set
-    sample = read_sample(dataset, 0)
+    sample = _turned(read_sample(dataset, 0), theta)
     inside = points_in_boxes(sample.points[:, :3], sample.gt_boxes).numpy()  # (P, M)
     k = int(inside.sum(0).argmax())
-    assert inside[:, k].sum() >= 20
+    assert inside[:, k].sum() >= 20 and sample.gt_boxes[k, 3] > 2 * sample.gt_boxes[k, 4]  # an elongated vehicle
     bev_range = config_bev_range(cfg)
 
     def render(s) -> np.ndarray:  # the map region only (the legend's height bar depends on the points)
@@ -141,7 +156,7 @@ def test_projected_box_encloses_the_projection_of_its_points(val_set):
     empty = np.asarray(render_cameras(_no_boxes(sample)))
     wireframe = _changed(np.asarray(render_cameras(replace(sample, gt_boxes=sample.gt_boxes[k:k + 1], gt_labels=sample.gt_labels[k:k + 1]))), empty)
     wireframe[:TITLE_HEIGHT] = False  # the title counts the boxes
-    row, col = camera_layout(sample.camera_names)[n]
+    row, col = NUSCENES_PLACES[sample.camera_names[n]]
     scale = CAMERA_TILE_WIDTH / width
     tile_h = round(CAMERA_TILE_WIDTH * height / width)
     top, left = TITLE_HEIGHT + row * tile_h, col * CAMERA_TILE_WIDTH
@@ -200,19 +215,20 @@ def test_gt_mode_writes_documented_pngs_and_an_index_linking_them(gt_renders, va
 
 def test_pred_mode_counts_and_distillation_maps(overrides, checkpoints, val_set, tmp_path):
     cfg, dataset = val_set
-    out = str(tmp_path / "pred")
-    check_ok(run_tool_inprocess("visualize", TEACHER_CONFIG, *overrides, "--checkpoint", checkpoints["teacher"], "--mode", "pred",
-                                "--samples", "1", "--score-thr", "0.1", "--out-dir", out))
     model = build_model_from_config(cfg)
     model.load_state_dict(torch.load(checkpoints["teacher"], weights_only=True)["state_dict"])
     with torch.no_grad():
         output = model.eval()(sample_batch(dataset, 0))[0]
-    keep = output["scores_3d"] >= 0.1
+    threshold = float(output["scores_3d"].median())  # about half the predictions are drawn
+    keep = output["scores_3d"] >= threshold
+    out = str(tmp_path / "pred")
+    check_ok(run_tool_inprocess("visualize", TEACHER_CONFIG, *overrides, "--checkpoint", checkpoints["teacher"], "--mode", "pred",
+                                "--samples", "1", "--score-thr", repr(threshold), "--out-dir", out))
     ann = dataset.get_ann_info(0)
     matched = (center_distance_matches(ann["gt_bboxes_3d"], ann["gt_labels_3d"], output["boxes_3d"][keep].numpy(),
                                        output["scores_3d"][keep].numpy(), output["labels_3d"][keep].numpy()) >= 0).sum()
     token = dataset.data_infos[0]["token"]
-    assert 0 < int(keep.sum()) and f"<td>{len(ann['gt_bboxes_3d'])}</td><td>{int(keep.sum())}</td><td>{matched}</td>" in open(
+    assert 0 < int(keep.sum()) < len(keep) and f"<td>{len(ann['gt_bboxes_3d'])}</td><td>{int(keep.sum())}</td><td>{matched}</td>" in open(
         os.path.join(out, "index.html")).read()
     _check_png(os.path.join(out, "bev", f"{token}.png"), BEV_SIZE)
 
