@@ -154,7 +154,8 @@ def test_projected_box_encloses_the_projection_of_its_points(val_set):
     assert best is not None
     _, k, n, uv = best
     empty = np.asarray(render_cameras(_no_boxes(sample)))
-    wireframe = _changed(np.asarray(render_cameras(replace(sample, gt_boxes=sample.gt_boxes[k:k + 1], gt_labels=sample.gt_labels[k:k + 1]))), empty)
+    one_box = replace(sample, gt_boxes=sample.gt_boxes[k:k + 1], gt_labels=sample.gt_labels[k:k + 1])
+    wireframe = _changed(np.asarray(render_cameras(one_box)), empty)
     wireframe[:TITLE_HEIGHT] = False  # the title counts the boxes
     row, col = NUSCENES_PLACES[sample.camera_names[n]]
     scale = CAMERA_TILE_WIDTH / width
@@ -255,6 +256,11 @@ def test_unknown_token_and_mismatched_checkpoint_fail_clearly(overrides, checkpo
     assert checkpoints["teacher"] in line and "does not fit this model" in line
     line = _error_line(run_tool_inprocess("visualize", TEACHER_CONFIG, *overrides, "--mode", "pred", "--out-dir", str(tmp_path)))
     assert "--checkpoint" in line
+    absent = ["--checkpoint", checkpoints["tig"], "--model.teacher_checkpoint", str(tmp_path / "absent.pth"), "--samples", "1"]
+    line = _error_line(run_tool_inprocess("visualize", TIG_INSTANT, *overrides, *absent, "--out-dir", str(tmp_path)))
+    assert "teacher_checkpoint not found" in line and "absent.pth" in line and "--no-distill" in line
+    check_ok(run_tool_inprocess("visualize", TIG_INSTANT, *overrides, *absent, "--no-distill", "--out-dir", str(tmp_path / "student")))
+    assert {os.path.dirname(p) for p in _pngs(str(tmp_path / "student"))} == {"bev", "camera"}
     with pytest.raises(ValueError, match="--samples must be >= 1"):
         select_indices(build_dataset_from_config(load_config(TEACHER_CONFIG, overrides), "val", inference=True), samples=0)
 
@@ -277,7 +283,8 @@ def _browser_image_states(index: str) -> list[str]:
     proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                            "--virtual-time-budget=10000", "--dump-dom", f"file://{index}"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return [("loaded" if "data-loaded" in tag else "broken" if "data-broken" in tag else "pending") for tag in re.findall(r"<img[^>]*>", proc.stdout)]
+    tags = re.findall(r"<img[^>]*>", proc.stdout)
+    return ["loaded" if "data-loaded" in tag else "broken" if "data-broken" in tag else "pending" for tag in tags]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless browser: install Debian's chromium (apt-get install -y chromium)")
@@ -296,7 +303,8 @@ def test_index_images_load_in_a_headless_browser(gt_renders, tmp_path):
 def test_dist_run_ranks_render_their_shares(overrides, val_set, tmp_path):
     _, dataset = val_set
     out = str(tmp_path / "viz")
-    proc = check_ok(run_tool("visualize", TEACHER_CONFIG, *overrides, "--samples", "3", "--out-dir", out, launcher="torchpack", timeout=600))
+    proc = check_ok(run_tool("visualize", TEACHER_CONFIG, *overrides, "--samples", "3", "--out-dir", out, launcher="torchpack",
+                             timeout=600))
     tokens = [info["token"] for info in dataset.data_infos[:3]]
     assert _pngs(out) == {f"{kind}/{t}.png" for kind in ("bev", "camera") for t in tokens} == _links(out)
     text = open(os.path.join(out, "index.html")).read()

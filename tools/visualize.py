@@ -25,7 +25,15 @@ from mmdet3d.apis.runner import (  # noqa: E402
     import_custom_modules,
     prepare_run_dir,
 )
-from mmdet3d.apis.visualize import MODES, SampleRenderer, VisualizeError, load_visualization_model, select_indices, visualize  # noqa: E402
+from mmdet3d.apis.visualize import (  # noqa: E402
+    MODES,
+    SampleRenderer,
+    VisualizeError,
+    is_distiller_config,
+    load_visualization_model,
+    select_indices,
+    visualize,
+)
 from mmdet3d.utils import distributed as dist  # noqa: E402
 from mmdet3d.utils.checkpoint import CheckpointError  # noqa: E402
 from mmdet3d.utils.config import ConfigError, load_config  # noqa: E402
@@ -42,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--samples", type=int, default=None, help="render the first N samples (default 10)")
     which.add_argument("--tokens", nargs="+", default=None, help="render these sample tokens")
-    parser.add_argument("--score-thr", "--score_thr", dest="score_thr", type=float, default=0.3, help="draw predictions scoring at least this")
+    parser.add_argument("--score-thr", "--score_thr", dest="score_thr", type=float, default=0.3,
+                        help="draw predictions scoring at least this (default 0.3)")
     parser.add_argument("--out-dir", "--out_dir", dest="out_dir", default="viz", help="output folder (default viz)")
     parser.add_argument("--no-distill", action="store_true", help="with a distillation config: run the student alone, no distillation maps")
     add_debug_flag(parser)
@@ -66,11 +75,13 @@ def main() -> None:
         indices = select_indices(dataset, args.tokens, args.samples if args.samples is not None or args.tokens else 10)
         model, distiller = None, False
         if args.checkpoint:
+            distilling = not args.no_distill and is_distiller_config(cfg)
             try:
-                model, distiller = load_visualization_model(cfg, args.checkpoint, distill=not args.no_distill, log=logger.info)
+                model, distiller = load_visualization_model(cfg, args.checkpoint, distill=distilling, log=logger.info)
             except CheckpointError as e:
-                hint = "; --no-distill renders the student without the distillation maps" if "teacher" in str(e) or "student." in str(e) else ""
-                raise CheckpointError(f"{e}{hint}") from None
+                if not distilling:
+                    raise
+                raise CheckpointError(f"{e}; --no-distill renders the student alone, without the distillation maps") from None
             model.to(info.device)
         renderer = SampleRenderer(cfg, dataset, out_dir, mode, model, distiller, args.score_thr, info.device)
         logger.info(f"rendering {len(indices)} samples of data.{args.split} ({mode}{', distillation maps' if distiller else ''}) "

@@ -28,12 +28,13 @@ from .distill import add_teacher_points, compute_distill_maps, render_distill
 from .render import Prediction, render_bev, render_cameras, sample_counts
 from .sample import config_bev_range, model_bev_range, points_load_dim, read_sample, sample_batch
 
-__all__ = ["MODES", "load_visualization_model", "SampleRenderer", "visualize", "eval_bev_image"]
+__all__ = ["MODES", "is_distiller_config", "load_visualization_model", "SampleRenderer", "visualize", "eval_bev_image"]
 
 MODES = ("gt", "pred", "both")
 
 
-def _is_distiller_config(cfg: Mapping[str, Any]) -> bool:
+def is_distiller_config(cfg: Mapping[str, Any]) -> bool:
+    """Whether the config's model is a registered distiller (``BEVDistiller``)."""
     from mmdet3d.models.builder import DISTILLERS
 
     model = cfg.get("model")
@@ -45,7 +46,7 @@ def load_visualization_model(cfg: Mapping[str, Any], checkpoint: str, distill: b
     """-> (model in eval mode, whether it is a distiller whose maps are drawn). A distillation
     config with ``distill`` builds the distiller (teacher from ``model.teacher_checkpoint``) and loads
     ``checkpoint`` strictly into it; otherwise the inference model (a distiller's student) loads it."""
-    if distill and _is_distiller_config(cfg):
+    if distill and is_distiller_config(cfg):
         model = build_model_from_config(cfg)
         load_model_weights(model, load_checkpoint_file(checkpoint)["state_dict"], strict=True, source=f"checkpoint {checkpoint}")
         return model.eval(), True
