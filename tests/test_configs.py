@@ -25,7 +25,7 @@ SYNTHETIC = [c for c in DETECTION if c.startswith("configs/synthetic/")]
 NUSCENES = [c for c in DETECTION if c.startswith("configs/nuscenes/")]
 
 RUNTIME_KEYS = ["seed", "deterministic", "max_epochs", "optimizer.type", "optimizer.lr", "optimizer.weight_decay",
-                "optimizer_config.grad_clip.max_norm", "lr_config.policy", "eval_interval", "checkpoint_interval",
+                "optimizer_config.grad_clip.max_norm", "lr_config.policy", "eval_interval", "eval_render_sample", "checkpoint_interval",
                 "data.samples_per_gpu", "data.workers_per_gpu", "model.type"]
 DATASET_KEYS = ["type", "dataset_root", "ann_file", "pipeline", "object_classes", "modality", "test_mode"]
 

@@ -4,14 +4,15 @@ Config keys read here (defaults in brackets): ``seed`` [0], ``max_epochs``,
 ``data.samples_per_gpu``, ``data.workers_per_gpu`` [0], ``optimizer``, ``optimizer_config.grad_clip``
 [null], ``optimizer_config.cumulative_iters`` [1], ``lr_config`` [fixed], ``fp16`` [false],
 ``sync_bn`` [false], ``find_unused_parameters`` [false], ``checkpoint_interval`` [1],
-``eval_interval`` [1; 0 disables], ``log_interval`` [10].
+``eval_interval`` [1; 0 disables], ``log_interval`` [10], ``eval_render_sample`` [null: the index of
+the val sample whose BEV render, GT and predictions, is logged to TensorBoard at each evaluation].
 """
 from __future__ import annotations
 
 import math
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -22,6 +23,7 @@ from mmdet3d.utils.checkpoint import cpu_state_dict, load_checkpoint_file, load_
 from mmdet3d.apis.data import build_test_loader_from_config, build_train_loader, start_epoch, to_device
 from mmdet3d.apis.runner import NonFiniteLossError
 from mmdet3d.apis.test import inference
+from mmdet3d.apis.visualize import eval_bev_image, model_bev_range
 from mmdet3d.core.lr_scheduler import build_lr_scheduler
 from mmdet3d.core.optimizer import GradientStepper, build_optimizer
 from mmdet3d.utils import distributed as dist
@@ -59,14 +61,18 @@ def _lr_of_default_group(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-def evaluate_model(model: nn.Module, dataset: Any, cfg: Mapping[str, Any], info: DistInfo, out_dir: str, desc: str = "eval") -> dict[str, Any] | None:
-    """Distributed inference over ``dataset``; rank 0 returns ``dataset.evaluate``'s metrics, others None."""
+def evaluate_model(model: nn.Module, dataset: Any, cfg: Mapping[str, Any], info: DistInfo, out_dir: str, desc: str = "eval",
+                   on_results: Callable[[list[Any]], None] | None = None) -> dict[str, Any] | None:
+    """Distributed inference over ``dataset``; rank 0 returns ``dataset.evaluate``'s metrics, others None.
+    ``on_results`` is called on rank 0 with the predictions (dataset order) after the evaluation."""
     loader = build_test_loader_from_config(dataset, cfg, rank=info.rank, world_size=info.world_size)
     results = inference(model, loader, info.device, desc=desc)
     metrics = None
     if info.rank == 0:
         os.makedirs(out_dir, exist_ok=True)
         metrics = dataset.evaluate(results, out_dir=out_dir)
+        if on_results is not None:
+            on_results(results)
     dist.barrier()
     return metrics
 
@@ -118,6 +124,7 @@ class Trainer:
         self.log_interval = max(1, int(cfg.get("log_interval", 10)))
         self.checkpoint_interval = max(1, int(cfg.get("checkpoint_interval", 1)))
         self.eval_interval = int(cfg.get("eval_interval", 1) or 0)
+        self.eval_render_sample = cfg.get("eval_render_sample")
         data_cfg = cfg.get("data") or {}
         self.samples_per_gpu = int(data_cfg.get("samples_per_gpu", 1))
         opt_cfg = cfg.get("optimizer_config") or {}
@@ -159,8 +166,26 @@ class Trainer:
             iters_per_epoch=self.iters_per_epoch,
         )
         self.train_module: nn.Module = self.model
+        self._check_eval_render()
         self.first_epoch, self.global_step, self.last_checkpoint = 0, 0, None
         self.metrics: dict[str, Any] | None = None
+
+    def _check_eval_render(self) -> None:
+        """``eval_render_sample`` names a val sample that can be rendered, with a model that has a BEV range."""
+        index = self.eval_render_sample
+        if index is None or self.val_dataset is None or self.eval_interval <= 0:
+            self.eval_render_sample = None
+            return
+        where = f"eval_render_sample {index!r}"
+        if not isinstance(index, int) or not 0 <= index < len(self.val_dataset):
+            raise ConfigError(f"{where}: must be a sample index of data.val (0 to {len(self.val_dataset) - 1}) or null")
+        if not hasattr(self.val_dataset, "get_data_info"):
+            raise ConfigError(f"{where}: data.val ({type(self.val_dataset).__name__}) cannot be rendered (no get_data_info); "
+                              "set eval_render_sample: null")
+        try:
+            model_bev_range(self.model)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}; set eval_render_sample: null") from None
 
     # ----- initial state -----
 
@@ -281,11 +306,20 @@ class Trainer:
 
     def evaluate(self, epoch: int) -> None:
         out_dir = os.path.join(self.run_dir, f"eval_epoch_{epoch + 1}")
-        self.metrics = evaluate_model(self.model, self.val_dataset, self.cfg, self.info, out_dir=out_dir)
+        render = None if self.eval_render_sample is None else (lambda results: self.log_render(results, epoch))
+        self.metrics = evaluate_model(self.model, self.val_dataset, self.cfg, self.info, out_dir=out_dir, on_results=render)
         if self.info.rank == 0 and self.metrics is not None:
             self.logger.info(f"evaluation after epoch {epoch + 1}:\n" + format_detection_metrics(self.metrics))
             scalars = {k: v for k, v in self.metrics.items() if isinstance(v, (int, float))}
             self.logger.log_scalars("val", step=self.global_step, epoch=epoch + 1, values=scalars)
+
+
+    def log_render(self, results: list[Any], epoch: int) -> None:
+        """The BEV render of val sample ``eval_render_sample`` with its prediction, to TensorBoard."""
+        index = self.eval_render_sample
+        image = eval_bev_image(self.model, self.val_dataset, index, results[index], self.cfg)
+        self.logger.log_image("val/bev_render", image, step=self.global_step)
+        self.logger.info(f"logged the BEV render of val sample {index} after epoch {epoch + 1} to TensorBoard (val/bev_render)")
 
 
 def train_model(

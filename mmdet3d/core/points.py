@@ -1,13 +1,15 @@
-"""Reading LiDAR point files (``.pcd.bin``: float32 records, nuScenes LIDAR_TOP has 5 per point)."""
+"""Reading LiDAR point files (``.pcd.bin``: float32 records, nuScenes LIDAR_TOP has 5 per point) and
+the BEV cells they occupy."""
 from __future__ import annotations
 
 import os
 
 import numpy as np
+import torch
 
 from mmdet3d.utils.data_files import DataFileError
 
-__all__ = ["load_points", "PointFileError"]
+__all__ = ["load_points", "PointFileError", "bev_occupancy"]
 
 
 class PointFileError(DataFileError):
@@ -43,3 +45,18 @@ def check_finite_points(points: np.ndarray, path: str) -> None:
         rows = np.flatnonzero(~finite.all(axis=1))
         raise PointFileError(f"point file {path} holds non-finite values (nan/inf) in {len(rows)} of {len(points)} points "
                              f"(first: point {rows[0]})")
+
+
+def bev_occupancy(points: torch.Tensor, bev_range, grid_size) -> torch.Tensor:
+    """(P, >=2) points -> (X, Y) float mask, 1 where a cell of the ``grid_size = (X, Y)`` grid over
+    ``bev_range = (x_min, y_min, x_max, y_max)`` holds a point (cell ``i`` spans
+    ``[min + i * cell, min + (i + 1) * cell)``); points off the grid are ignored."""
+    x_min, y_min, x_max, y_max = (float(v) for v in bev_range)
+    num_x, num_y = (int(v) for v in grid_size)
+    xy = points[:, :2].double()
+    ix = torch.floor((xy[:, 0] - x_min) / (x_max - x_min) * num_x).long()
+    iy = torch.floor((xy[:, 1] - y_min) / (y_max - y_min) * num_y).long()
+    inside = (ix >= 0) & (ix < num_x) & (iy >= 0) & (iy < num_y)
+    mask = torch.zeros(num_x, num_y, dtype=torch.float32, device=points.device)
+    mask[ix[inside], iy[inside]] = 1.0
+    return mask

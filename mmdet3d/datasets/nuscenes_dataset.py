@@ -144,6 +144,7 @@ class NuScenesDataset(Dataset):
         if any(size is not None for size in image_sizes):
             data["image_sizes"] = image_sizes
         data.update(
+            camera_names=list(info["cams"]),
             image_paths=image_paths,
             camera_intrinsics=intrinsics.astype(np.float32),
             camera2ego=np.array(camera2ego).reshape(-1, 4, 4).astype(np.float32),

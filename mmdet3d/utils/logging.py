@@ -3,7 +3,8 @@
 ``get_logger`` gives the ``mmdet3d`` logger: ``INFO`` on rank 0 (console and optional file),
 ``WARNING`` and above only on the other ranks. ``RunLogger`` bundles the three per-run sinks
 of ``tools/train.py``: ``run_dir/log.txt`` (through the logger), ``run_dir/log.jsonl`` (one JSON
-object per logged step or evaluation) and ``run_dir/tensorboard/`` (SummaryWriter scalars).
+object per logged step or evaluation) and ``run_dir/tensorboard/`` (SummaryWriter scalars, and
+images such as the BEV render at each evaluation).
 """
 from __future__ import annotations
 
@@ -150,6 +151,13 @@ class RunLogger:
                 if isinstance(value, (int, float)) and math.isfinite(float(value)):
                     self._tb.add_scalar(f"{mode}/{key}", float(value), step)
             self._tb.flush()
+
+    def log_image(self, tag: str, image, step: int) -> None:
+        """An (H, W, 3) uint8 image to TensorBoard as ``tag`` (rank 0, with TensorBoard on)."""
+        if self.rank != 0 or self._tb is None:
+            return
+        self._tb.add_image(tag, image, step, dataformats="HWC")
+        self._tb.flush()
 
     def close(self) -> None:
         if self._json is not None:

@@ -20,6 +20,8 @@ class DistillLoss(nn.Module):
     ``teacher`` or sets ``needs_teacher_heads = True``.
     ``name`` becomes the logged key ``loss/distill/<name>``. Subclasses that build an adapter set
     ``needs_channels = True`` and receive ``student_channels`` / ``teacher_channels``.
+    ``visual_masks`` shows where a loss looks (``tools/visualize.py``); a loss that weights or samples
+    BEV cells overrides it.
     """
 
     needs_channels = False
@@ -50,3 +52,9 @@ class DistillLoss(nn.Module):
             raise KeyError(f"distill loss {loss_name!r} needs batch[{key!r}]; add the pipeline step that makes it "
                            "(DepthTargets for depth_map / fg_map)")
         return batch[key]
+
+    def visual_masks(self, student: dict[str, Any], teacher: dict[str, Any], batch: dict,
+                     context: dict) -> dict[str, Any]:
+        """The masks or sample positions this loss uses, by caption: a (B, X, Y) tensor (a mask over
+        ``context["bev_range"]``) or a list of B (P_b, 2) tensors of metric BEV positions. None here."""
+        return {}

@@ -6,7 +6,7 @@ from torch import nn
 
 from ...builder import DISTILL_LOSSES
 from .base import DistillLoss
-from .tig import inner_depth_loss, inter_channel_loss, inter_keypoint_loss, sample_box_keypoints
+from .tig import box_lattice_points, inner_depth_loss, inter_channel_loss, inter_keypoint_loss, sample_box_keypoints
 
 __all__ = ["InnerDepthLoss", "InterKeypointLoss", "InterChannelLoss"]
 
@@ -38,6 +38,12 @@ class _BoxKeypointLoss(DistillLoss):
         if lattice < 2:
             raise ValueError(f"{type(self).__name__}: lattice must be >= 2 (the lattice includes the edges), got {lattice}")
         self.lattice, self.enlarge = int(lattice), float(enlarge)
+
+    def visual_masks(self, student, teacher, batch, context):
+        """The lattice positions (every box's S x S points) per sample, metres."""
+        caption = f"keypoint lattices {self.lattice}x{self.lattice}, boxes +{self.enlarge:g} m"
+        return {caption: [box_lattice_points(boxes.double(), self.lattice, self.enlarge).reshape(-1, 2)
+                          for boxes in batch["gt_bboxes_3d"]]}
 
     def keypoints(self, student, teacher, batch, context) -> tuple[torch.Tensor, torch.Tensor]:
         fs, ft = self.pick(student, self.student, "student"), self.pick(teacher, self.teacher, "teacher")
