@@ -133,7 +133,7 @@ def evaluate(config: str, checkpoint: str, args, prefix: list[str]) -> dict:
         return json.load(f)
 
 
-def render(checkpoint: str, args, prefix: list[str]) -> str:
+def render(checkpoint: str, teacher_checkpoint: str, args, prefix: list[str]) -> str:
     out = os.path.join(args.run_root, "viz")
     index = os.path.join(out, "index.html")
     if os.path.isfile(index) and os.path.getmtime(index) > os.path.getmtime(checkpoint):
@@ -141,7 +141,7 @@ def render(checkpoint: str, args, prefix: list[str]) -> str:
         return index
     run([*prefix, os.path.join(REPO, "tools", "visualize.py"), STUDENT, "--checkpoint", checkpoint, "--mode", "both",
          "--split", "val", "--samples", str(args.viz_samples), "--out-dir", out,
-         "--dataset_root", args.root_path.rstrip("/") + "/"])
+         "--dataset_root", args.root_path.rstrip("/") + "/", "--model.teacher_checkpoint", teacher_checkpoint])
     return index
 
 
@@ -188,7 +188,7 @@ def main() -> int:
     print(f"stage time {time.time() - t:.1f} s")
 
     t = stage("6. render val samples: tools/visualize.py (BEV, cameras, distillation maps)")
-    index = render(checkpoints[list(MODELS)[-1]], args, prefix)
+    index = render(checkpoints[list(MODELS)[-1]], checkpoints[list(MODELS)[0]], args, prefix)
     print(f"open {os.path.abspath(index)} in a browser")
     print(f"stage time {time.time() - t:.1f} s")
 
@@ -197,4 +197,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as e:  # the tool printed its own error above
+        print(f"error: make demo stopped: {' '.join(map(str, e.cmd[-12:]))} exited with status {e.returncode}; "
+              "rerun make demo to resume from the finished stages", file=sys.stderr)
+        sys.exit(2)
