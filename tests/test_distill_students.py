@@ -1,6 +1,6 @@
 """The SimDistill, LGKD and self-assessment distillers as a whole: every loss trains the student
-and only the student, every shipped student runs at test time without LiDAR, the masks a renderer
-reads, and each distiller's instant config through tools/train.py and tools/test.py."""
+and only the student, every shipped student runs at test time without LiDAR, the masks
+tools/visualize.py draws, and each distiller's instant config through tools/train.py and tools/test.py."""
 from __future__ import annotations
 
 import copy
@@ -82,15 +82,20 @@ def test_each_loss_alone_trains_the_student_and_never_the_teacher(name, student,
     assert all(p.grad is None for p in model.teacher.parameters())
 
 
-def test_loss_masks_for_a_renderer(teacher_state):
+def test_distillation_maps_show_the_new_masks(teacher_state):
+    """tools/visualize.py's distillation panels collect every loss's ``visual_masks``."""
+    from mmdet3d.apis.visualize.distill import compute_distill_maps
+
     losses = [LOSSES["cross_modal"], LOSSES["lidar_guided"], LOSSES["fusion"]]
     model = _distiller(tiny_simdistill_cfg(image_size=IMAGE, extent=EXTENT), losses, teacher_state).eval()
-    masks = model.loss_masks(_batch())
-    assert sorted(masks) == ["cross_modal", "lidar_guided"]  # the fusion MSE has no mask
-    assert sorted(masks["lidar_guided"]) == ["camera_0", "camera_1", "distilled", "foreground"]
-    for per_loss in masks.values():
-        assert all(m.shape == (2, 20, 20) for m in per_loss.values())
-    assert masks["cross_modal"]["heatmap"].max() == pytest.approx(1.0)
+    batch = make_batch(batch_size=1, num_cams=2, image_size=IMAGE, num_boxes=(3,), extent=EXTENT, num_points=3000)
+    maps = compute_distill_maps(model, batch, None)
+    captions = [caption for caption, _, _ in maps.masks]
+    for wanted in ("cross-modal mask H (lidar_bev) (cross_modal)", "LGKD foreground (lidar) (lidar_guided)",
+                   "camera footprints (share of 2 cameras) (lidar_guided)", "LGKD distilled cells (fused_bev) (lidar_guided)"):
+        assert wanted in captions, captions
+    for caption, kind, value in maps.masks:
+        assert kind == "map" and value.shape == (20, 20) and 0 <= value.min() and value.max() <= 1, caption
 
 
 ROOT = Path(REPO)

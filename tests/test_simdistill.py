@@ -158,8 +158,10 @@ def test_cross_modal_loss_is_masked_by_the_heatmap():
     g = torch.Generator().manual_seed(0)
     fs = torch.randn(1, 2, 20, 20, generator=g, requires_grad=True)
     ft = torch.randn(1, 2, 20, 20, generator=g)
-    mask = loss.masks(_named({"lidar_bev": fs}), _named({"lidar_bev": ft}), batch, context)["heatmap"]
+    mask = loss.heatmap((20, 20), batch, context)
     assert mask.shape == (1, 20, 20) and mask[0, 10, 7] == 1
+    shown = loss.visual_masks(_named({"lidar_bev": fs}), _named({"lidar_bev": ft}), batch, context)
+    torch.testing.assert_close(next(iter(shown.values())), mask)  # what tools/visualize.py draws
     reference = sum(((fs[0, c, i, j] - ft[0, c, i, j]) * mask[0, i, j]) ** 2
                     for c in range(2) for i in range(20) for j in range(20)) / (2 * 20 * 20)
     value = loss(_named({"lidar_bev": fs}), _named({"lidar_bev": ft}), batch, context)
