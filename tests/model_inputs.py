@@ -10,7 +10,7 @@ import torch
 
 from mmdet3d.core.bbox.center_point_coder import CODE_SIZES
 from mmdet3d.datasets.example_batches import CLASSES, blob_batch, camera_rig, make_batch, random_boxes, random_points  # noqa: F401
-from mmdet3d.models.builder import BACKBONES, FUSERS, HEADS, LIDAR_BACKBONES, NECKS, VOXELIZERS, VTRANSFORMS
+from mmdet3d.models.builder import BACKBONES, BEV_LAYERS, FUSERS, HEADS, LIDAR_BACKBONES, NECKS, VOXELIZERS, VTRANSFORMS
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def perfect_predictions(head, boxes: list[torch.Tensor], labels: list[torch.Tens
 
 
 REGISTRIES = {
-    "backbone": BACKBONES, "neck": NECKS, "vtransform": VTRANSFORMS, "voxelizer": VOXELIZERS,
+    "backbone": BACKBONES, "neck": NECKS, "vtransform": VTRANSFORMS, "bev_layer": BEV_LAYERS, "voxelizer": VOXELIZERS,
     "lidar_backbone": LIDAR_BACKBONES, "fuser": FUSERS, "head": HEADS,
 }
 
