@@ -116,19 +116,19 @@ def _rotate_90(batch: dict) -> dict:
 def test_lgkd_masks_follow_the_bev_augmentation(foreground, augment, move):
     """A mirrored (or turned) batch gives the mirrored (turned) masks, every camera included."""
     lift = _lift()
-    batch = make_batch(batch_size=2, num_cams=4, image_size=IMAGE, num_boxes=(3, 2), extent=EXTENT, num_points=300, seed=3)
+    batch = make_batch(batch_size=2, num_cams=6, image_size=IMAGE, num_boxes=(3, 2), extent=EXTENT, num_points=300, seed=3)
     loss = _lidar_guided(foreground=foreground)
     context = {"bev_range": RANGE, "frustum_bev_masks": lift.frustum_bev_masks}
     teacher = torch.rand(2, 3, 20, 20) + 0.1
     fg, views, distilled = loss.view_masks({"fused_bev": teacher}, batch, context)
     moved = loss.view_masks({"fused_bev": move(teacher)}, augment(batch), context)
-    assert fg.shape == (2, 20, 20) and views.shape == distilled.shape == (2, 4, 20, 20)
+    assert fg.shape == (2, 20, 20) and views.shape == distilled.shape == (2, 6, 20, 20)  # all six cameras
     for name, mask, other in zip(("foreground", "cameras", "distilled"), (fg, views, distilled), moved):
         assert mask.dtype == torch.bool and mask.any(), name
         assert torch.equal(other, move(mask)), name
-    # every camera's footprint is its own: the four cover different cells, together the surround
-    assert all(views[b, v].any() for b in range(2) for v in range(4))
-    assert len({tuple(views[0, v].flatten().tolist()) for v in range(4)}) == 4
+    # every camera's footprint is its own: the six cover different cells, together the surround
+    assert all(views[b, v].any() for b in range(2) for v in range(6))
+    assert len({tuple(views[0, v].flatten().tolist()) for v in range(6)}) == 6
     assert views.any(dim=1)[0].float().mean() > 0.3
     shown = loss.visual_masks({}, {"fused_bev": teacher}, batch, context)  # what tools/visualize.py draws
     assert [tuple(m.shape) for m in shown.values()] == [(2, 20, 20)] * 3
