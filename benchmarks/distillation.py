@@ -6,9 +6,11 @@
 
 Generates the split when its info files are missing, trains the camera+LiDAR teacher once, then
 per seed the BEVDet-style baseline (no depth supervision), the BEVDepth-style baseline (dense
-depth loss), the ablation that only copies the teacher's decoder and heads into that student, and
-the TiG student (the BEVDepth-style student plus the TiG losses, teacher frozen), all with the
-same schedule, each evaluated through the devkit at the end of its training. A run
+depth loss), the ablation that only copies the teacher's decoder and heads into that student, the
+TiG student (the BEVDepth-style student plus the TiG losses, teacher frozen), the SimDistill,
+LGKD (camera+LiDAR teacher, and the larger camera-only teacher, trained once first) and
+self-assessment (anchor and sequence-level) students, all with the same schedule, each evaluated
+through the devkit at the end of its training. A run
 whose final evaluation is in its ``log.jsonl`` is reused; an interrupted one resumes from its
 ``latest.pth``. The table (mean and half-range over seeds) goes into ``benchmarks/RESULTS.md``
 between markers, with the command; the step-cost ratios are measured in this process.
@@ -30,11 +32,18 @@ sys.path.insert(0, str(ROOT))
 DET = "configs/synthetic/det/centerhead/second"
 TEACHER = f"{DET}/camera+lidar/convfuser.yaml"
 LIDAR_TEACHER = f"{DET}/lidar/pointpillars.yaml"
-MODELS = {  # name -> (config, needs the teacher checkpoint)
+LARGE_CAMERA_TEACHER = f"{DET}/camera/lss_depth_large.yaml"
+OTHER_TEACHERS = {LARGE_CAMERA_TEACHER: "larger camera-only teacher (LGKD)"}  # trained once (seed 0) when a row needs it
+MODELS = {  # name -> (config, teacher: False (none), True (the camera+LiDAR teacher) or an OTHER_TEACHERS config)
     "BEVDet-style baseline (no depth supervision)": (f"{DET}/camera/lss.yaml", False),
     "BEVDepth-style baseline (dense depth loss)": (f"{DET}/camera/lss_depth.yaml", False),
     "teacher decoder and heads, no distillation loss (ablation)": ("configs/synthetic/distill/teacher_init.yaml", True),
     "TiG student (camera+LiDAR teacher)": ("configs/synthetic/distill/tig/convfuser.yaml", True),
+    "SimDistill student (camera+LiDAR teacher)": ("configs/synthetic/distill/simdistill/convfuser.yaml", True),
+    "LGKD student (camera+LiDAR teacher)": ("configs/synthetic/distill/lgkd/convfuser.yaml", True),
+    "LGKD student (larger camera-only teacher)": ("configs/synthetic/distill/lgkd/camera_large.yaml", LARGE_CAMERA_TEACHER),
+    "self-assessment student, anchor tokens (camera+LiDAR teacher)": ("configs/synthetic/distill/self_assessment/anchor.yaml", True),
+    "self-assessment student, sequence-level (camera+LiDAR teacher)": ("configs/synthetic/distill/self_assessment/sequence.yaml", True),
 }
 METRICS = ["mAP", "NDS", "mATE", "mASE", "mAOE", "mAVE", "mAAE"]
 START, END = "<!-- distillation-benchmark:start -->", "<!-- distillation-benchmark:end -->"
@@ -138,9 +147,13 @@ def main() -> int:
         results["teacher (camera+LiDAR)"] = [train(TEACHER, teacher_dir, args.root, 0, [])]
         if args.lidar_teacher:
             results["LiDAR-only teacher"] = [train(LIDAR_TEACHER, run_root / run_name(LIDAR_TEACHER), args.root, 0, [])]
+        teachers = {True: teacher_dir}
+        for config in dict.fromkeys(t for _, t in MODELS.values() if isinstance(t, str)):
+            teachers[config] = run_root / run_name(config)
+            results[OTHER_TEACHERS[config]] = [train(config, teachers[config], args.root, 0, [])]
         for seed in args.seeds:
             for name, (config, needs_teacher) in MODELS.items():
-                extra = ["--model.teacher_checkpoint", str(teacher_dir / "latest.pth")] if needs_teacher else []
+                extra = ["--model.teacher_checkpoint", str(teachers[needs_teacher] / "latest.pth")] if needs_teacher else []
                 metrics = train(config, run_root / f"{run_name(config)}_seed{seed}", args.root, seed, extra)
                 results.setdefault(name, []).append(metrics)
                 print(f"{name}, seed {seed}: mAP {metrics['mAP']:.4f} NDS {metrics['NDS']:.4f}", flush=True)

@@ -1,10 +1,14 @@
-"""Training-step cost of TiG distillation, measured in one process on one real training batch.
+"""Training-step cost of the distillers, measured in one process on one real training batch.
 
-    python benchmarks/step_cost.py [--root data/benchmark] [--teacher-checkpoint CKPT]
+    python benchmarks/step_cost.py [--root data/benchmark] [--teacher-checkpoint CKPT] [--cpu-time]
 
 Prints, as medians over repeats: the BEVDepth-style student's training step (forward + backward),
 the TiG losses alone (forward + backward from the feature maps, at the synthetic lattice 8 and the
-paper's 24) and the whole distillation step (teacher forward included), with their ratios.
+paper's 24) and the whole distillation step (teacher forward included), with their ratios; then
+the step of every other distiller (``DISTILLERS``) and of the SimDistill student alone, as ratios to
+the same baseline step. Teachers other than the camera+LiDAR one keep random weights (the cost does
+not depend on them). ``--cpu-time``: this process's CPU time on one thread instead of wall time
+(steadier on a machine shared with other jobs).
 Targets (issue 10): TiG losses < 10 % of a student step; distillation step < 1.6x a baseline step.
 """
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 import copy
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -29,15 +34,56 @@ from mmdet3d.utils.config import load_config  # noqa: E402
 
 TIG = "configs/synthetic/distill/tig/convfuser.yaml"
 BASELINE = "configs/synthetic/det/centerhead/second/camera/lss_depth.yaml"
+SIMDISTILL_STUDENT = "configs/synthetic/det/centerhead/second/camera/simdistill/deform_attn.yaml"
+DISTILLERS = {  # row -> config; the camera+LiDAR teacher's checkpoint is used where it is that teacher
+    "SimDistill": "configs/synthetic/distill/simdistill/convfuser.yaml",
+    "LGKD, camera+LiDAR teacher": "configs/synthetic/distill/lgkd/convfuser.yaml",
+    "LGKD, larger camera-only teacher": "configs/synthetic/distill/lgkd/camera_large.yaml",
+    "self-assessment, anchor tokens": "configs/synthetic/distill/self_assessment/anchor.yaml",
+    "self-assessment, sequence-level": "configs/synthetic/distill/self_assessment/sequence.yaml",
+    "TiG + SimDistill": "configs/synthetic/distill/combined/tig_simdistill.yaml",
+}
 
 
-def _median(fn, repeats: int, warmup: int = 1) -> float:
+def _cpu_call(fn) -> float:
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+def _median(fn, repeats: int, warmup: int = 1, timer=timed_call) -> float:
     for _ in range(warmup):
         fn()
-    return statistics.median(timed_call(fn) for _ in range(repeats))
+    return statistics.median(timer(fn) for _ in range(repeats))
 
 
-def step_cost_lines(root: str, teacher_checkpoint, repeats: int = 5) -> list[str]:
+def _step(model, batch):
+    def run():
+        model.zero_grad(set_to_none=True)
+        sum(model(batch).values()).backward()
+    return run
+
+
+def other_distiller_lines(batch: dict, t_baseline: float, overrides: list[str], teacher_checkpoint, repeats: int,
+                          timer=timed_call) -> list[str]:
+    """Rows for ``DISTILLERS`` and the SimDistill student alone, as ratios to ``t_baseline``."""
+    torch.manual_seed(0)
+    student = build_model(load_config(str(ROOT / SIMDISTILL_STUDENT), overrides)["model"]).train()
+    t_student = _median(_step(student, batch), repeats, timer=timer)
+    lines = [f"| SimDistill student alone (fwd + bwd, no teacher) | {t_student * 1e3:.0f} | {t_student / t_baseline:.2f}x |"]
+    teacher = load_config(str(ROOT / TIG))["model"]["teacher"]
+    for name, config in DISTILLERS.items():
+        cfg = load_config(str(ROOT / config), overrides)
+        own = cfg["model"]["teacher"] == teacher and Path(teacher_checkpoint).is_file()
+        cfg["model"]["teacher_checkpoint"] = str(teacher_checkpoint) if own else None
+        torch.manual_seed(0)
+        t_distill = _median(_step(build_model(cfg["model"]).train(), batch), repeats, timer=timer)
+        lines.append(f"| {name} distillation step (teacher fwd included) | {t_distill * 1e3:.0f} | "
+                     f"**{t_distill / t_baseline:.2f}x** |")
+    return lines
+
+
+def step_cost_lines(root: str, teacher_checkpoint, repeats: int = 5, timer=timed_call) -> list[str]:
     overrides = ["--dataset_root", str(root).rstrip("/") + "/"]
     cfg = load_config(str(ROOT / TIG), overrides + (["--model.teacher_checkpoint", str(teacher_checkpoint)]
                                                      if Path(teacher_checkpoint).is_file() else ["--model.teacher_checkpoint", "null"]))
@@ -47,14 +93,8 @@ def step_cost_lines(root: str, teacher_checkpoint, repeats: int = 5) -> list[str
     baseline = build_model(load_config(str(ROOT / BASELINE), overrides)["model"]).train()
     distiller = build_model(cfg["model"]).train()
 
-    def step(model):
-        def run():
-            model.zero_grad(set_to_none=True)
-            sum(model(batch).values()).backward()
-        return run
-
-    t_baseline = _median(step(baseline), repeats)
-    t_distill = _median(step(distiller), repeats)
+    t_baseline = _median(_step(baseline, batch), repeats, timer=timer)
+    t_distill = _median(_step(distiller, batch), repeats, timer=timer)
 
     lines = ["| what | median ms | ratio |", "|---|---|---|",
              f"| BEVDepth-style student step (fwd + bwd, batch {len(batch['img'])}) | {t_baseline * 1e3:.0f} | 1.00 |",
@@ -74,11 +114,11 @@ def step_cost_lines(root: str, teacher_checkpoint, repeats: int = 5) -> list[str
             total = sum(loss(leaves, teacher, batch, context) for loss in losses)
             total.backward()
 
-        t_losses = _median(run_losses, repeats)
+        t_losses = _median(run_losses, repeats, timer=timer)
         target = "target < 10 %" if lattice == 8 else "the paper's lattice, reported"
         lines.append(f"| TiG losses alone, lattice {lattice} (fwd + bwd) | {t_losses * 1e3:.1f} | "
                      f"**{t_losses / t_baseline:.1%}** of a student step ({target}) |")
-    return lines
+    return lines + other_distiller_lines(batch, t_baseline, overrides, teacher_checkpoint, repeats, timer)
 
 
 def main() -> int:
@@ -86,8 +126,12 @@ def main() -> int:
     parser.add_argument("--root", default="data/benchmark")
     parser.add_argument("--teacher-checkpoint", default="runs/benchmark/synthetic_det_centerhead_second_camera+lidar_convfuser/latest.pth")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cpu-time", action="store_true", help="CPU time of this process on one thread, not wall time")
     args = parser.parse_args()
-    print("\n".join(step_cost_lines(args.root, args.teacher_checkpoint, args.repeats)))
+    if args.cpu_time:
+        torch.set_num_threads(1)
+    timer = _cpu_call if args.cpu_time else timed_call
+    print("\n".join(step_cost_lines(args.root, args.teacher_checkpoint, args.repeats, timer)))
     return 0
 
 

@@ -10,7 +10,7 @@ import torch
 
 from mmdet3d.core.bbox.center_point_coder import CODE_SIZES
 from mmdet3d.datasets.example_batches import CLASSES, blob_batch, camera_rig, make_batch, random_boxes, random_points  # noqa: F401
-from mmdet3d.models.builder import BACKBONES, FUSERS, HEADS, LIDAR_BACKBONES, NECKS, VOXELIZERS, VTRANSFORMS
+from mmdet3d.models.builder import BACKBONES, BEV_LAYERS, FUSERS, HEADS, LIDAR_BACKBONES, NECKS, VOXELIZERS, VTRANSFORMS
 
 
 @pytest.fixture
@@ -94,6 +94,20 @@ def perfect_predictions(head, boxes: list[torch.Tensor], labels: list[torch.Tens
 
 
 REGISTRIES = {
-    "backbone": BACKBONES, "neck": NECKS, "vtransform": VTRANSFORMS, "voxelizer": VOXELIZERS,
+    "backbone": BACKBONES, "neck": NECKS, "vtransform": VTRANSFORMS, "bev_layer": BEV_LAYERS, "voxelizer": VOXELIZERS,
     "lidar_backbone": LIDAR_BACKBONES, "fuser": FUSERS, "head": HEADS,
 }
+
+
+def tiny_simdistill_cfg(compensation: str = "DeformableBEVAttention", **kwargs) -> dict:
+    """A tiny SimDistill student: ``tiny_model_cfg`` without LiDAR plus the simulated-LiDAR branch
+    (a second lift, the geometry compensation ``compensation``, T to 16 channels) and a ConvFuser."""
+    import copy
+
+    cfg = tiny_model_cfg(lidar=False, fuser="ConvFuser", **kwargs)
+    layer = (dict(type=compensation, num_heads=8, num_points=20) if compensation == "DeformableBEVAttention"
+             else dict(type=compensation, num_layers=2))
+    cfg.update(type="SimDistillStudent", depth_loss=dict(type="DenseDepthLoss", loss_weight=3.0))
+    cfg["encoders"]["sim_lidar"] = dict(vtransform=copy.deepcopy(cfg["encoders"]["camera"]["vtransform"]),
+                                        compensation=layer, adapter=dict(type="ConvFuser", out_channels=16))
+    return cfg

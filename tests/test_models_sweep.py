@@ -190,6 +190,16 @@ def case_center_head(build):
     assert_trainable(m, [sum(losses.values())])
 
 
+def _bev_layer_case(ltype, **kwargs):
+    def case(build):
+        m = build(dict(type=ltype, in_channels=8, bev_size=BEV[2:], **kwargs))
+        x = torch.randn(*BEV)
+        out = m(x)
+        assert tuple(out.shape) == BEV and m.out_channels == 8
+        assert_trainable(m, out)
+    return case
+
+
 def _loss_case(ltype):
     def case(build):
         m = build(dict(type=ltype, loss_weight=2.0))
@@ -216,6 +226,8 @@ CASES = {
     "SECOND": case_second, "GeneralizedLSSFPN": case_generalized_lss_fpn, "SECONDFPN": case_second_fpn,
     "LSSFPN": case_lss_fpn, "LSSTransform": _vtransform_case("LSSTransform"),
     "DepthLSSTransform": _vtransform_case("DepthLSSTransform", depth_channels=4),
+    "DeformableBEVAttention": _bev_layer_case("DeformableBEVAttention", num_heads=2, num_points=3),
+    "ModulatedDeformConvBEV": _bev_layer_case("ModulatedDeformConvBEV", num_layers=2),
     "Voxelization": case_voxelization, "PillarFeatureNet": case_pillar_feature_net,
     "DynamicVoxelization": case_dynamic_voxelization, "DynamicPillarFeatureNet": case_dynamic_pillar_feature_net,
     "PointPillarsScatter": case_point_pillars_scatter, "PointPillarsEncoder": case_point_pillars_encoder,
@@ -236,7 +248,9 @@ REGISTERED = [(kind, name) for kind, registry in {**REGISTRIES, "loss": LOSSES}.
 def test_every_registered_component_has_a_case():
     missing = [f"{kind}:{name}" for kind, name in REGISTERED if name not in CASES]
     assert not missing, f"add a tiny case to tests/test_models_sweep.py for {missing}"
-    assert shipped(FUSION_MODELS) == ["BEVFusion"]  # swept below over modalities, fusers and decoders
+    # BEVFusion is swept below over modalities, fusers and decoders; SimDistillStudent, its subclass,
+    # in tests/test_simdistill.py (both compensation layers) and tests/test_distill_students.py
+    assert shipped(FUSION_MODELS) == ["BEVFusion", "SimDistillStudent"]
 
 
 @pytest.mark.parametrize("kind, name", REGISTERED, ids=[f"{k}-{n}" for k, n in REGISTERED])

@@ -21,6 +21,7 @@ DEFAULT_STAGES: list[tuple[str, str]] = [
     ("camera backbone", "encoders.camera.backbone"),
     ("camera neck", "encoders.camera.neck"),
     ("view transform", "encoders.camera.vtransform"),
+    ("simulated-LiDAR branch", "encoders.sim_lidar"),  # SimDistill's second lift, compensation and T
     ("lidar encoder", "encoders.lidar"),
     ("fuser", "fuser"),
     ("decoder", "decoder"),

@@ -1,7 +1,8 @@
 """Model stages in data-flow order; importing each package registers its components."""
-from . import backbones, necks, vtransforms, lidar, fusers, heads, losses, fusion_models, distillers  # noqa: F401
+from . import backbones, necks, vtransforms, bev_layers, lidar, fusers, heads, losses, fusion_models, distillers  # noqa: F401
 from .builder import (
     BACKBONES,
+    BEV_LAYERS,
     DISTILL_LOSSES,
     DISTILLERS,
     FUSERS,
@@ -17,6 +18,7 @@ from .builder import (
 
 __all__ = [
     "BACKBONES",
+    "BEV_LAYERS",
     "DISTILL_LOSSES",
     "DISTILLERS",
     "FUSERS",

@@ -4,6 +4,7 @@ from mmdet3d.utils.registry import Registry
 BACKBONES = Registry("backbone")
 NECKS = Registry("neck")
 VTRANSFORMS = Registry("vtransform")
+BEV_LAYERS = Registry("bev_layer")
 VOXELIZERS = Registry("voxelizer")
 LIDAR_BACKBONES = Registry("lidar_backbone")
 FUSERS = Registry("fuser")

@@ -1,4 +1,4 @@
-"""Image backbones: ResNet-18/34/50 with torchvision/mmdet parameter names, and a small ResNet.
+"""Image backbones: ResNet-18/34/50/101 with torchvision/mmdet parameter names, and a small ResNet.
 
 Parameter names follow torchvision (``conv1``, ``bn1``, ``layer1.0.conv1``, ...,
 ``layerN.0.downsample.0/1``) so an ImageNet checkpoint from a local file loads directly;
@@ -90,7 +90,7 @@ def load_pretrained(module: nn.Module, checkpoint: str, prefix: str = "backbone.
 
 @BACKBONES.register_module()
 class ResNet(nn.Module):
-    """ResNet-18/34/50 image backbone; (B, 3, H, W) -> tuple of (B, C_i, H / s_i, W / s_i).
+    """ResNet-18/34/50/101 image backbone; (B, 3, H, W) -> tuple of (B, C_i, H / s_i, W / s_i).
 
     Stage ``i`` (0-based, ``layer{i+1}``) has stride ``s_i = 4 * 2**i``; ``out_indices`` picks
     the stages returned and ``out_channels`` lists their widths, for the neck to read.
@@ -102,6 +102,7 @@ class ResNet(nn.Module):
         18: (BasicBlock, (2, 2, 2, 2)),
         34: (BasicBlock, (3, 4, 6, 3)),
         50: (Bottleneck, (3, 4, 6, 3)),
+        101: (Bottleneck, (3, 4, 23, 3)),
     }
 
     def __init__(

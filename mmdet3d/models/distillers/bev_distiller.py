@@ -143,14 +143,16 @@ class BEVDistiller(nn.Module):
         return channels
 
     def _context(self) -> dict:
-        """Geometry the losses need: the BEV range of the head grid and the student's depth bins."""
+        """Geometry the losses need: the BEV range of the head grid, the student's depth bins, its
+        object head (GT heatmaps and centres) and its lift's per-camera BEV footprints."""
         head = self.student.heads["object"]
         pc_range = head.coder.point_cloud_range
-        context = {"bev_range": (pc_range[0], pc_range[1], pc_range[3], pc_range[4])}
+        context = {"bev_range": (pc_range[0], pc_range[1], pc_range[3], pc_range[4]), "object_head": head}
         if "camera" in self.student.encoders:
             vtransform = self.student.encoders["camera"]["vtransform"]
             context["dbound"] = vtransform.dbound
             context["depth_bins"] = depth_bin_centers(vtransform.dbound)
+            context["frustum_bev_masks"] = vtransform.frustum_bev_masks
         return context
 
     # ------------------------------------------------------------------------------- running

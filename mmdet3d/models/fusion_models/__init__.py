@@ -1,3 +1,4 @@
-from .bevfusion import BEVFusion, invert_lidar_augmentation
+from .bevfusion import BEVFusion, build_camera_encoder, invert_lidar_augmentation
+from .simdistill import SimDistillStudent
 
-__all__ = ["BEVFusion", "invert_lidar_augmentation"]
+__all__ = ["BEVFusion", "SimDistillStudent", "build_camera_encoder", "invert_lidar_augmentation"]

@@ -12,9 +12,17 @@ from torch import nn
 
 from ..builder import BACKBONES, FUSERS, FUSION_MODELS, HEADS, LIDAR_BACKBONES, LOSSES, NECKS, VOXELIZERS, VTRANSFORMS
 
-__all__ = ["BEVFusion", "invert_lidar_augmentation"]
+__all__ = ["BEVFusion", "build_camera_encoder", "invert_lidar_augmentation"]
 
 SUPPORTED_HEADS = ("object",)
+
+
+def build_camera_encoder(camera: dict) -> nn.ModuleDict:
+    """``{backbone, neck, vtransform}`` configs -> the camera encoder; widths flow backbone -> neck -> lift."""
+    backbone = BACKBONES.build(camera["backbone"])
+    neck = NECKS.build(camera["neck"], in_channels=backbone.out_channels)
+    vtransform = VTRANSFORMS.build(camera["vtransform"], in_channels=neck.out_channels)
+    return nn.ModuleDict({"backbone": backbone, "neck": neck, "vtransform": vtransform})
 
 
 def invert_lidar_augmentation(boxes: torch.Tensor, lidar_aug_matrix: torch.Tensor) -> torch.Tensor:
@@ -50,11 +58,8 @@ class BEVFusion(nn.Module):
         bev_channels = []
         camera = (encoders or {}).get("camera")
         if camera is not None:
-            backbone = BACKBONES.build(camera["backbone"])
-            neck = NECKS.build(camera["neck"], in_channels=backbone.out_channels)
-            vtransform = VTRANSFORMS.build(camera["vtransform"], in_channels=neck.out_channels)
-            self.encoders["camera"] = nn.ModuleDict({"backbone": backbone, "neck": neck, "vtransform": vtransform})
-            bev_channels.append(vtransform.out_channels)
+            self.encoders["camera"] = build_camera_encoder(camera)
+            bev_channels.append(self.encoders["camera"]["vtransform"].out_channels)
         lidar = (encoders or {}).get("lidar")
         if lidar is not None:
             voxelize = VOXELIZERS.build(lidar["voxelize"])
@@ -73,6 +78,16 @@ class BEVFusion(nn.Module):
             self.fuser = FUSERS.build(fuser, in_channels=bev_channels)
             fused_channels = self.fuser.out_channels
 
+        self.build_decoder_and_heads(fused_channels, decoder, heads, depth_loss)
+        self.feature_channels = {
+            "camera_bev": bev_channels[0] if camera is not None else None,
+            "lidar_bev": bev_channels[-1] if lidar is not None else None,
+            "fused_bev": fused_channels,
+            "decoder_out": self.decoder["neck"].out_channels,
+        }
+
+    def build_decoder_and_heads(self, fused_channels: int, decoder: dict, heads: dict, depth_loss: dict | None) -> None:
+        """The stack after the fuser: ``decoder`` (backbone, neck), ``heads`` and the optional depth loss."""
         self.decoder = nn.ModuleDict()
         self.decoder["backbone"] = BACKBONES.build(decoder["backbone"], in_channels=fused_channels)
         self.decoder["neck"] = NECKS.build(decoder["neck"], in_channels=self.decoder["backbone"].out_channels)
@@ -85,15 +100,9 @@ class BEVFusion(nn.Module):
         )
         self.depth_loss = None
         if depth_loss is not None:
-            if camera is None:
+            if "camera" not in self.encoders:
                 raise ValueError("BEVFusion: depth_loss needs encoders.camera")
             self.depth_loss = LOSSES.build(depth_loss, dbound=self.encoders["camera"]["vtransform"].dbound)
-        self.feature_channels = {
-            "camera_bev": bev_channels[0] if camera is not None else None,
-            "lidar_bev": bev_channels[-1] if lidar is not None else None,
-            "fused_bev": fused_channels,
-            "decoder_out": self.decoder["neck"].out_channels,
-        }
 
     @property
     def reads_points(self) -> bool:
@@ -102,16 +111,21 @@ class BEVFusion(nn.Module):
         return "lidar" in self.encoders or bool(camera is not None and getattr(camera["vtransform"], "reads_points", False))
 
     # ----------------------------------------------------------------------------------- encoders
-    def extract_camera_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """batch["img"] (B, N, 3, H, W) -> camera BEV (B, C_cam, X, Y), depth logits (B, N, D, fH, fW)."""
+    def extract_image_features(self, batch: dict) -> torch.Tensor:
+        """batch["img"] (B, N, 3, H, W) -> camera neck features (B, N, C, fH, fW)."""
         camera = self.encoders["camera"]
         img = batch["img"]
         batch_size, num_cams = img.shape[:2]
         feats = camera["backbone"](img.flatten(0, 1))  # (B, N, 3, H, W) -> (B*N, 3, H, W)
         feats = camera["neck"](feats)
         feats = feats[0] if isinstance(feats, (list, tuple)) else feats
-        feats = feats.view(batch_size, num_cams, *feats.shape[1:])  # (B*N, C, fH, fW) -> (B, N, C, fH, fW)
-        bev, extras = camera["vtransform"](feats, batch)
+        return feats.view(batch_size, num_cams, *feats.shape[1:])  # (B*N, C, fH, fW) -> (B, N, C, fH, fW)
+
+    def extract_camera_features(self, batch: dict, feats: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """batch["img"] (B, N, 3, H, W) (or its neck features ``feats``) -> camera BEV (B, C_cam, X, Y),
+        depth logits (B, N, D, fH, fW)."""
+        feats = self.extract_image_features(batch) if feats is None else feats
+        bev, extras = self.encoders["camera"]["vtransform"](feats, batch)
         return bev, extras.get("depth_logits")
 
     @torch.no_grad()

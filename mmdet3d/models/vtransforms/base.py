@@ -38,7 +38,8 @@ class BaseTransform(nn.Module):
 
     Subclasses implement ``get_depth_and_context(img_feats, batch)`` returning depth logits
     (B, N, D, fH, fW) and context features (B, N, C, fH, fW). ``forward(img_feats, batch)`` returns
-    ``(bev (B, out_channels, X', Y'), {"depth_logits": (B, N, D, fH, fW)})`` with ``X' = X / downsample``.
+    ``(bev (B, out_channels, X', Y'), {"depth_logits": (B, N, D, fH, fW)})`` with ``(X', Y') = bev_size``,
+    ``X' = X / downsample`` (rounded up).
 
     In eval mode the sparse splat structure is cached and reused while the camera matrices and
     ``lidar_aug_matrix`` keep their values; in training mode it is rebuilt every call.
@@ -69,6 +70,7 @@ class BaseTransform(nn.Module):
         self.reference_pool = reference_pool
         _, _, (nx, ny, nz) = bev_grid(xbound, ybound, zbound)
         self.grid_size = (nx, ny, nz)
+        self.bev_size = (-(-nx // downsample), -(-ny // downsample))  # (X', Y') of the output map
         self.register_buffer("frustum", self.create_frustum(), persistent=False)
         self.num_depth_bins = self.frustum.shape[0]
         pooled_channels = out_channels * nz
