@@ -3,6 +3,7 @@
     python benchmarks/distillation.py                    # everything, two seeds, table into RESULTS.md
     python benchmarks/distillation.py --seeds 0          # one seed
     python benchmarks/distillation.py --step-cost-only   # only the training-step cost ratios
+    python benchmarks/distillation.py --finished-only    # train nothing: the table of the finished runs
 
 Generates the split when its info files are missing, trains the camera+LiDAR teacher once, then
 per seed the BEVDet-style baseline (no depth supervision), the BEVDepth-style baseline (dense
@@ -72,11 +73,18 @@ def final_metrics(run_dir: Path) -> dict | None:
     return metrics if metrics is not None and metrics.get("epoch") == epochs else None
 
 
-def train(config: str, run_dir: Path, root: str, seed: int, extra: list[str]) -> dict:
+class NotFinished(Exception):
+    """``--finished-only``: a run that has not finished is left out of the table."""
+
+
+def train(config: str, run_dir: Path, root: str, seed: int, extra: list[str], finished_only: bool = False) -> dict:
     done = final_metrics(run_dir)
     if done is not None:
         print(f"reusing {run_dir} (finished: mAP {done['mAP']:.4f}, NDS {done['NDS']:.4f})", flush=True)
         return done
+    if finished_only:
+        print(f"not finished, left out (--finished-only): {run_dir}", flush=True)
+        raise NotFinished(run_dir)
     cmd = [sys.executable, str(ROOT / "tools/train.py"), config, "--run-dir", str(run_dir),
            "--dataset_root", root.rstrip("/") + "/", "--seed", str(seed), *extra]
     if (run_dir / "latest.pth").exists():
@@ -135,6 +143,8 @@ def main() -> int:
     parser.add_argument("--lidar-teacher", action="store_true", help="also train and report the LiDAR-only teacher")
     parser.add_argument("--step-cost-only", action="store_true")
     parser.add_argument("--no-write", action="store_true", help="print the table without editing RESULTS.md")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="train nothing: tabulate the finished runs, each row with the seeds it has")
     args = parser.parse_args()
     start = time.time()
     command = "python benchmarks/distillation.py " + " ".join(sys.argv[1:])
@@ -144,19 +154,28 @@ def main() -> int:
     teacher_dir = run_root / run_name(TEACHER)
     results: dict[str, list[dict]] = {}
     if not args.step_cost_only:
-        results["teacher (camera+LiDAR)"] = [train(TEACHER, teacher_dir, args.root, 0, [])]
+        only = args.finished_only
+
+        def add(name: str, *run) -> None:
+            try:
+                results.setdefault(name, []).append(train(*run, finished_only=only))
+            except NotFinished:
+                pass
+
+        add("teacher (camera+LiDAR)", TEACHER, teacher_dir, args.root, 0, [])
         if args.lidar_teacher:
-            results["LiDAR-only teacher"] = [train(LIDAR_TEACHER, run_root / run_name(LIDAR_TEACHER), args.root, 0, [])]
+            add("LiDAR-only teacher", LIDAR_TEACHER, run_root / run_name(LIDAR_TEACHER), args.root, 0, [])
         teachers = {True: teacher_dir}
         for config in dict.fromkeys(t for _, t in MODELS.values() if isinstance(t, str)):
             teachers[config] = run_root / run_name(config)
-            results[OTHER_TEACHERS[config]] = [train(config, teachers[config], args.root, 0, [])]
+            add(OTHER_TEACHERS[config], config, teachers[config], args.root, 0, [])
         for seed in args.seeds:
             for name, (config, needs_teacher) in MODELS.items():
+                if needs_teacher and only and final_metrics(teachers[needs_teacher]) is None:
+                    continue
                 extra = ["--model.teacher_checkpoint", str(teachers[needs_teacher] / "latest.pth")] if needs_teacher else []
-                metrics = train(config, run_root / f"{run_name(config)}_seed{seed}", args.root, seed, extra)
-                results.setdefault(name, []).append(metrics)
-                print(f"{name}, seed {seed}: mAP {metrics['mAP']:.4f} NDS {metrics['NDS']:.4f}", flush=True)
+                add(name, config, run_root / f"{run_name(config)}_seed{seed}", args.root, seed, extra)
+        results = {name: runs for name, runs in results.items() if runs}
     from step_cost import step_cost_lines
 
     cost = step_cost_lines(args.root, teacher_dir / "latest.pth")
