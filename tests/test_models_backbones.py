@@ -67,8 +67,8 @@ def test_resnet_loads_mmdet_checkpoint_with_backbone_prefix(tmp_path):
 def test_resnet_bad_init_cfg_is_a_clear_error():
     with pytest.raises(ValueError, match="Pretrained"):
         ResNet(depth=18, init_cfg=dict(type="Kaiming"))
-    with pytest.raises(KeyError, match="depth 101"):
-        ResNet(depth=101)
+    with pytest.raises(KeyError, match="depth 152"):
+        ResNet(depth=152)
 
 
 def test_frozen_stages_and_norm_eval():
