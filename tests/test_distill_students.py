@@ -60,7 +60,8 @@ def teacher_state():
 
 def _distiller(student, losses, teacher_state):
     model = build_model(dict(type="BEVDistiller", teacher=tiny_model_cfg(image_size=IMAGE, extent=EXTENT, vtransform="DepthLSSTransform"),
-                             student=student, teacher_checkpoint=None, distill_losses=copy.deepcopy(losses)))
+                             student=student, teacher_checkpoint=None, distill_losses=copy.deepcopy(losses),
+                             fold_teacher_batchnorm=False))  # BN kept: the test sees its running statistics
     model.teacher.load_state_dict(teacher_state)
     return model.train()
 

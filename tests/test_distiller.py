@@ -50,8 +50,9 @@ def _batch():
 
 
 def test_teacher_is_loaded_frozen_and_never_trained(teacher_checkpoint):
+    """With its BatchNorm layers kept (``fold_teacher_batchnorm: false``): their statistics never move."""
     path, reference = teacher_checkpoint
-    model = _distiller(path).train()
+    model = _distiller(path, fold_teacher_batchnorm=False).train()
     assert not model.teacher.training and all(not m.training for m in model.teacher.modules())
     for (name, a), b in zip(model.teacher.state_dict().items(), reference.state_dict().values()):
         assert torch.equal(a, b), name
@@ -74,6 +75,37 @@ def test_teacher_is_loaded_frozen_and_never_trained(teacher_checkpoint):
     assert model.distill_losses[2].adapter.weight.grad.abs().sum() > 0
 
 
+def test_folded_teacher_computes_what_the_loaded_teacher_does(teacher_checkpoint):
+    """The default deploy form: no BatchNorm left, the same maps as the checkpoint's model in eval,
+    unchanged by training steps; lifts of one geometry share a splat structure."""
+    path, reference = teacher_checkpoint
+    for module in reference.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(-1.5, 1.5)
+    path = save_checkpoint(path, reference)
+    model = _distiller(path, init_from_teacher=["decoder", "heads"]).train()
+    assert model.teacher_batchnorms_folded > 0
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.teacher.modules())
+    assert any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.student.decoder.modules())
+    lifts = [m["camera"]["vtransform"] for m in (model.teacher.encoders, model.student.encoders)]
+    assert lifts[0].structure_cache is lifts[1].structure_cache
+    batch = _batch()
+    with torch.no_grad():
+        expected = reference.eval().extract_features(batch)
+        got = model.teacher.extract_features(batch)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-4, msg=key)
+    before = copy.deepcopy(model.teacher.state_dict())
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        sum(model(batch).values()).backward()
+        optimizer.step()
+    assert all(torch.equal(v, before[k]) for k, v in model.teacher.state_dict().items())
+    assert all(p.grad is None and not p.requires_grad for p in model.teacher.parameters())
+
+
 def test_each_distill_loss_reaches_the_student():
     """Every TiG term alone sends gradient into the student's camera branch."""
     torch.manual_seed(0)
@@ -81,7 +113,8 @@ def test_each_distill_loss_reaches_the_student():
     batch = _batch()
     for cfg in LOSSES:
         model = build_model(dict(type="BEVDistiller", teacher=tiny_model_cfg(image_size=IMAGE, extent=EXTENT),
-                                 student=_student_cfg(), teacher_checkpoint=None, distill_losses=[cfg])).train()
+                                 student=_student_cfg(), teacher_checkpoint=None, distill_losses=[cfg],
+                                 fold_teacher_batchnorm=False)).train()
         model.teacher.load_state_dict(teacher.state_dict())
         losses = model(batch)
         name = next(k for k in losses if k.startswith("loss/distill/"))

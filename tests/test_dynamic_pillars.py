@@ -1,10 +1,14 @@
 """Dynamic pillars: every point reaches the encoder, values equal a per-pillar loop, sweeps counted."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
+import pytest
 import torch
 
 from mmdet3d.datasets.nuscenes_dataset import NuScenesDataset
+from mmdet3d.models.layers import fold_batchnorm
 from mmdet3d.models.lidar import DynamicPillarFeatureNet, DynamicVoxelization, PointPillarsEncoder, Voxelization
 from nuscenes_synthetic_data import synthetic_nuscenes
 
@@ -20,6 +24,8 @@ def _reference_pfn(net: DynamicPillarFeatureNet, points, coords):
         p = points[rows]
         centre = (torch.tensor(key[1:3], dtype=p.dtype) + 0.5) * net.voxel_size + net.grid_origin
         x = torch.cat([p, p[:, :3] - p[:, :3].mean(0), p[:, :2] - centre], dim=1)
+        if net.with_distance:
+            x = torch.cat([x, p[:, :3].norm(dim=1, keepdim=True)], dim=1)
         for i, (linear, norm) in enumerate(zip(net.linears, net.norms)):
             x = torch.relu(norm(linear(x)))
             pooled = x.max(0, keepdim=True).values
@@ -28,14 +34,23 @@ def _reference_pfn(net: DynamicPillarFeatureNet, points, coords):
     return out
 
 
-def test_dynamic_pillar_net_equals_a_per_pillar_loop():
+@pytest.mark.parametrize("feat_channels,with_distance,fold", [([8, 16], False, False), ([16], False, False),
+                                                              ([16], True, False), ([16], True, True)])
+def test_dynamic_pillar_net_equals_a_per_pillar_loop(feat_channels, with_distance, fold):
+    """Two layers: the per-point path; one layer in eval: the affine shortcut (max before the ReLU),
+    with negative BN scales so that a max taken before the norm would show; folded BN alike."""
     torch.manual_seed(0)
-    net = DynamicPillarFeatureNet(in_channels=5, feat_channels=[8, 16], point_cloud_range=[-4, -4, -5, 4, 4, 3],
-                                  voxel_size=[1.0, 1.0, 8.0])
-    for norm in net.norms:  # non-trivial BN statistics
+    net = DynamicPillarFeatureNet(in_channels=5, feat_channels=feat_channels, point_cloud_range=[-4, -4, -5, 4, 4, 3],
+                                  voxel_size=[1.0, 1.0, 8.0], with_distance=with_distance)
+    for norm in net.norms:  # non-trivial BN statistics and affine weights of both signs
         norm.running_mean.uniform_(-0.5, 0.5)
         norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.uniform_(-1.5, 1.5)
+        norm.bias.data.uniform_(-0.5, 0.5)
     net.eval()
+    reference_net = copy.deepcopy(net)
+    if fold:
+        assert fold_batchnorm(net) == 1 and isinstance(net.norms[0], torch.nn.Identity)
     points = torch.cat([torch.rand(200, 3) * torch.tensor([8.0, 8.0, 4.0]) - torch.tensor([4.0, 4.0, 2.0]),
                         torch.rand(200, 2)], 1)
     voxelizer = DynamicVoxelization(voxel_size=[1.0, 1.0, 8.0], point_cloud_range=[-4, -4, -5, 4, 4, 3])
@@ -43,7 +58,7 @@ def test_dynamic_pillar_net_equals_a_per_pillar_loop():
     coords = coords[:, [0, 3, 2, 1]]  # (b, z, y, x) -> (b, x, y, z), as BEVFusion.voxelize does
     with torch.no_grad():
         feats, pillars = net(kept, None, coords)
-        expected = _reference_pfn(net, kept, coords)
+        expected = _reference_pfn(reference_net, kept, coords)
     assert len(expected) == len(pillars)
     for row, key in zip(feats, pillars[:, :3].tolist()):
         torch.testing.assert_close(row, expected[tuple(key)], rtol=1e-5, atol=1e-6)

@@ -8,7 +8,8 @@ import torch
 
 from keyframe_paths import PKL, needs_keyframe
 from mmdet3d.models.builder import VTRANSFORMS
-from mmdet3d.models.vtransforms import DepthLSSTransform, LSSTransform, depth_bin_centers, points_to_depth_image
+from mmdet3d.models.vtransforms import (DepthLSSTransform, LSSTransform, depth_bin_centers, points_to_depth_image,
+                                      share_pool_structures)
 
 IMAGE, FEATURE = (32, 64), (8, 16)
 DBOUND = [1.0, 21.0, 1.0]
@@ -182,28 +183,42 @@ def test_depth_lss_uses_lidar_points():
     torch.testing.assert_close(out_a, out_c)
 
 
-def test_eval_cache_reused_while_matrices_fixed():
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_structure_cache_reused_while_matrices_fixed(mode):
     torch.manual_seed(3)
     batch = make_batch()
-    vt = build().eval()
+    vt = build().train(mode == "train")
     feats = torch.randn(2, 2, 6, 8, 16)
     with torch.no_grad():
         first = vt(feats, batch)[0]
-        structure = vt._cache[1]
+        structure = vt.structure_cache.entry[2]
         second = vt(feats * 2, {k: v.clone() for k, v in batch.items()})[0]
-        assert vt._cache[1] is structure
+        assert vt.structure_cache.entry[2] is structure
         moved = dict(batch, lidar_aug_matrix=batch["lidar_aug_matrix"].flip(0))
         third = vt(feats, moved)[0]
-        assert vt._cache[1] is not structure
+        assert vt.structure_cache.entry[2] is not structure
         vt.reference_pool = True
         torch.testing.assert_close(vt(feats, moved)[0], third)
         torch.testing.assert_close(vt(feats, batch)[0], first)
         torch.testing.assert_close(vt(feats * 2, batch)[0], second)
-    vt.train()
-    vt._cache = None
-    vt.reference_pool = False
-    vt(feats, batch)
-    assert vt._cache is None
+
+
+def test_shared_structure_cache_only_between_equal_geometries():
+    torch.manual_seed(3)
+    batch = make_batch()
+    a, b, other = build(), build(), build(dbound=[1.0, 9.0, 2.0])
+    assert share_pool_structures(a, b, other) == 1
+    assert a.structure_cache is b.structure_cache and other.structure_cache is not a.structure_cache
+    feats = torch.randn(2, 2, 6, 8, 16)
+    with torch.no_grad():
+        a(feats, batch)
+        structure = a.structure_cache.entry[2]
+        out_b = b(feats, batch)[0]
+        assert b.structure_cache.entry[2] is structure  # b reused what a built
+        other(torch.randn(2, 2, 6, 8, 16), batch)
+        assert a.structure_cache.entry[2] is structure
+        b.reference_pool = True
+        torch.testing.assert_close(b(feats, batch)[0], out_b)
 
 
 def test_build_from_config_and_z_cells():

@@ -1,9 +1,10 @@
 """Small building blocks shared by the model stages (the ConvModule pattern: conv -> BN -> ReLU)."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-__all__ = ["conv_bn_relu", "deconv_bn_relu", "set_bn_eval"]
+__all__ = ["conv_bn_relu", "deconv_bn_relu", "set_bn_eval", "fold_batchnorm", "fold_linear_batchnorm"]
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
@@ -32,3 +33,66 @@ def set_bn_eval(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
+
+
+def _fold_into(layer: nn.Module, norm: nn.modules.batchnorm._BatchNorm) -> None:
+    """Absorb the eval-mode affine map of ``norm`` into ``layer``'s weight and bias (in place)."""
+    scale = norm.running_var.add(norm.eps).rsqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale + (norm.bias if norm.bias is not None else 0.0)
+    weight = layer.weight.detach()
+    # output channels: dim 0 of Conv2d/Linear weights, dim 1 of a ConvTranspose2d's
+    view = [1] * weight.dim()
+    view[1 if isinstance(layer, nn.ConvTranspose2d) else 0] = -1
+    bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(shift)
+    trainable = layer.weight.requires_grad
+    layer.weight = nn.Parameter(weight * scale.view(view).to(weight.dtype), requires_grad=trainable)
+    layer.bias = nn.Parameter((bias * scale + shift).to(weight.dtype), requires_grad=trainable)
+
+
+def _foldable(layer: nn.Module, norm: nn.Module) -> bool:
+    if not isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)) or norm.running_mean is None:
+        return False  # no running statistics: the norm uses batch statistics even in eval
+    if isinstance(layer, nn.Conv2d):
+        return layer.out_channels == norm.num_features
+    if isinstance(layer, nn.ConvTranspose2d):
+        return layer.groups == 1 and layer.out_channels == norm.num_features
+    return isinstance(layer, nn.Linear) and layer.out_features == norm.num_features
+
+
+def fold_linear_batchnorm(layer: nn.Linear | nn.Conv2d, norm: nn.modules.batchnorm._BatchNorm) -> nn.Identity:
+    """Fold ``norm`` into ``layer`` (in place) and return the ``nn.Identity`` that replaces it."""
+    if not _foldable(layer, norm):
+        raise ValueError(f"cannot fold {type(norm).__name__}({norm.num_features}) into {layer}")
+    _fold_into(layer, norm)
+    return nn.Identity().train(norm.training)
+
+
+@torch.no_grad()
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold every BatchNorm that directly follows a conv into that conv, for a frozen (eval-only)
+    model: the deploy form, same outputs up to float round-off, without the per-channel affine pass.
+
+    A norm is folded when it is the child registered right after a ``Conv2d`` / ``ConvTranspose2d``
+    / ``Linear`` with its channel count, which is how ``conv_bn_relu``, the ResNet blocks and stems
+    are written (each applies the norm to that conv's output); modules whose pairs are not adjacent
+    children define ``fold_batchnorm()`` themselves. The folded norm becomes ``nn.Identity``, so
+    the state dict loses its keys: fold after loading weights. Returns the number of norms folded.
+    """
+    if module.training:
+        raise ValueError("fold_batchnorm: the model must be in eval mode (frozen BatchNorm statistics)")
+    own = getattr(module, "fold_batchnorm", None)
+    if callable(own):
+        return own()
+    folded, previous = 0, None
+    for name, child in list(module.named_children()):
+        if previous is not None and _foldable(previous, child):
+            _fold_into(previous, child)
+            setattr(module, name, nn.Identity().eval())
+            folded += 1
+            previous = None
+            continue
+        folded += fold_batchnorm(child)
+        previous = child
+    return folded

@@ -5,6 +5,11 @@ dir's ``latest.pth`` works) before training starts, frozen (no gradients, BatchN
 eval mode whatever ``train()`` is called with), run under ``torch.no_grad()`` and never written into
 checkpoints (``checkpoint_exclude``). At test time only the student runs, on camera input alone.
 
+Two exact speed-ups of the teacher's forward (``fold_teacher_batchnorm``, on by default): after its
+weights are loaded (and copied into the student by ``init_from_teacher``) each BatchNorm is folded
+into the conv before it, its deploy form; and lifts of the same frustum and grid in teacher and
+student share one splat structure per batch (the teacher reuses the one the student just built).
+
 The losses are ``DISTILL_LOSSES`` modules listed in ``distill_losses``; each compares named tensors
 of the two models (``camera_bev``, ``lidar_bev``, ``fused_bev``, ``decoder_out``, ``depth_logits``,
 ``heatmaps``, ``box_codes``) and may read the batch; each term is reported as
@@ -21,7 +26,8 @@ from torch import nn
 from mmdet3d.utils.checkpoint import CheckpointError, load_checkpoint_file, load_model_weights
 
 from ..builder import DISTILL_LOSSES, DISTILLERS, FUSION_MODELS
-from ..vtransforms.base import depth_bin_centers
+from ..layers import fold_batchnorm
+from ..vtransforms.base import depth_bin_centers, share_pool_structures
 
 __all__ = ["BEVDistiller", "HEAD_TENSORS", "named_tensors", "resolve_model_config"]
 
@@ -76,6 +82,7 @@ class BEVDistiller(nn.Module):
         distill_losses: Sequence[dict] = (),
         init_from_teacher: Sequence[str] = (),
         camera_only_student: bool = True,
+        fold_teacher_batchnorm: bool = True,
     ):
         super().__init__()
         self.teacher = FUSION_MODELS.build(resolve_model_config(teacher, "teacher"))
@@ -88,10 +95,12 @@ class BEVDistiller(nn.Module):
         self.teacher_checkpoint = teacher_checkpoint
         if teacher_checkpoint is not None:
             self.load_teacher(teacher_checkpoint)
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
         self.teacher.eval()
         self._init_from_teacher(init_from_teacher)
+        self.teacher_batchnorms_folded = fold_batchnorm(self.teacher) if fold_teacher_batchnorm else 0
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        share_pool_structures(self.student, self.teacher)
         self.distill_losses = nn.ModuleList()
         for cfg in distill_losses:
             loss = DISTILL_LOSSES.build(cfg, **self._channel_args(cfg))

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..builder import LIDAR_BACKBONES
+from ..layers import fold_linear_batchnorm
 
 __all__ = ["PillarFeatureNet", "DynamicPillarFeatureNet", "PointPillarsScatter", "PointPillarsEncoder", "bev_grid_size"]
 
@@ -76,6 +77,15 @@ class PillarFeatureNet(nn.Module):
             features.append(voxels[..., :3].norm(dim=-1, keepdim=True))
         return torch.cat(features, dim=-1) * mask[..., None]
 
+    def fold_batchnorm(self) -> int:
+        """Frozen deploy form (``mmdet3d.models.layers.fold_batchnorm``): each BatchNorm1d into its linear."""
+        folded = 0
+        for i, (linear, norm) in enumerate(zip(self.linears, self.norms)):
+            if isinstance(norm, nn.BatchNorm1d):  # already folded: nn.Identity
+                self.norms[i] = fold_linear_batchnorm(linear, norm)
+                folded += 1
+        return folded
+
     def forward(self, voxels: torch.Tensor, num_points: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         x = self.decorate(voxels, num_points, coords)
         for i, (linear, norm) in enumerate(zip(self.linears, self.norms)):
@@ -104,27 +114,76 @@ class DynamicPillarFeatureNet(PillarFeatureNet):
     def forward(self, points: torch.Tensor, num_points: torch.Tensor | None, coords: torch.Tensor):
         num_x, num_y = self.grid_size
         key = (coords[:, 0] * num_x + coords[:, 1]) * num_y + coords[:, 2]
-        pillars, inverse = torch.unique(key, return_inverse=True)  # (V,), (P,)
+        pillars, inverse = _pillar_index(key)  # (V,), (P,)
         num_pillars = pillars.numel()
         counts = torch.bincount(inverse, minlength=num_pillars).clamp(min=1).to(points.dtype)
-        features = [points]
+        mean = None
         if self.with_cluster_center:
             mean = points.new_zeros(num_pillars, 3).index_add_(0, inverse, points[:, :3]) / counts[:, None]
+        pillar_coords = torch.stack(
+            [pillars // (num_x * num_y), (pillars // num_y) % num_x, pillars % num_y, torch.zeros_like(pillars)], dim=1)
+        centre = (pillar_coords[:, 1:3].to(points.dtype) + 0.5) * self.voxel_size + self.grid_origin  # (V, 2)
+        if len(self.linears) == 1 and not self.training:
+            return self._pool_affine(points, inverse, mean, centre), pillar_coords
+        features = [points]
+        if self.with_cluster_center:
             features.append(points[:, :3] - mean[inverse])
         if self.with_voxel_center:
-            centre = (coords[:, 1:3].to(points.dtype) + 0.5) * self.voxel_size + self.grid_origin  # (P, 2)
-            features.append(points[:, :2] - centre)
+            features.append(points[:, :2] - centre[inverse])
         if self.with_distance:
             features.append(points[:, :3].norm(dim=-1, keepdim=True))
         x = torch.cat(features, dim=-1)
         for i, (linear, norm) in enumerate(zip(self.linears, self.norms)):
             x = torch.relu(norm(linear(x)))  # (P, C)
-            index = inverse[:, None].expand(-1, x.shape[1])
-            pooled = x.new_zeros(num_pillars, x.shape[1]).scatter_reduce(0, index, x, reduce="amax", include_self=False)
+            pooled = _scatter_max(x, inverse, num_pillars)
             x = torch.cat([x, pooled[inverse]], dim=-1) if i < len(self.linears) - 1 else pooled
-        pillar_coords = torch.stack(
-            [pillars // (num_x * num_y), (pillars // num_y) % num_x, pillars % num_y, torch.zeros_like(pillars)], dim=1)
         return x, pillar_coords
+
+    def _pool_affine(self, points, inverse, mean, centre) -> torch.Tensor:
+        """One layer with a fixed affine norm (eval or folded): the same values with no per-point decoration.
+
+        ``relu(norm(W @ [p, p - mean, p - centre]))`` is affine in ``p`` plus a per-pillar constant,
+        so its max over a pillar is the max of ``W' p`` plus that constant, and the ReLU commutes
+        with the max: only ``(P, C_point) @ (C_point, C)`` and one scatter-max run per point.
+        """
+        linear, norm = self.linears[0], self.norms[0]
+        weight = linear.weight
+        bias = linear.bias if linear.bias is not None else weight.new_zeros(weight.shape[0])
+        if isinstance(norm, nn.BatchNorm1d):  # eval: y = x * scale + shift per channel
+            scale = norm.running_var.add(norm.eps).rsqrt() * (norm.weight if norm.weight is not None else 1.0)
+            shift = (norm.bias if norm.bias is not None else 0.0) - norm.running_mean * scale
+            weight, bias = weight * scale[:, None], bias * scale + shift
+        c = self.in_channels
+        point_weight = weight[:, :c].clone()  # (C, C_point): the weight every point feature gets
+        pillar_bias = bias.expand(centre.shape[0], -1)  # (V, C)
+        col = c
+        if self.with_cluster_center:
+            point_weight[:, :3] += weight[:, col:col + 3]
+            pillar_bias = pillar_bias - mean @ weight[:, col:col + 3].t()
+            col += 3
+        if self.with_voxel_center:
+            point_weight[:, :2] += weight[:, col:col + 2]
+            pillar_bias = pillar_bias - centre @ weight[:, col:col + 2].t()
+            col += 2
+        per_point = points @ point_weight.t()  # (P, C)
+        if self.with_distance:
+            per_point = per_point + points[:, :3].norm(dim=-1, keepdim=True) * weight[:, col]
+        return torch.relu(_scatter_max(per_point, inverse, centre.shape[0]) + pillar_bias)
+
+
+def _pillar_index(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(key, return_inverse=True)`` for non-negative cell keys, without a sort:
+    occupied keys in increasing order and each point's pillar number (a bincount over the grid)."""
+    occupied = torch.bincount(key) > 0
+    pillars = occupied.nonzero().squeeze(1)
+    remap = torch.cumsum(occupied, 0) - 1
+    return pillars, remap[key]
+
+
+def _scatter_max(x: torch.Tensor, inverse: torch.Tensor, num_pillars: int) -> torch.Tensor:
+    """(P, C) point rows -> (V, C): the max over each pillar's points."""
+    index = inverse[:, None].expand(-1, x.shape[1])
+    return x.new_zeros(num_pillars, x.shape[1]).scatter_reduce(0, index, x, reduce="amax", include_self=False)
 
 
 @LIDAR_BACKBONES.register_module()

@@ -23,7 +23,7 @@ from torch import nn
 from mmdet3d.models.layers import conv_bn_relu
 from mmdet3d.ops.bev_pool import BEVPoolGeometry, bev_cell_index, bev_grid, bev_pool
 
-__all__ = ["BaseTransform", "depth_bin_centers"]
+__all__ = ["BaseTransform", "PoolStructureCache", "depth_bin_centers", "share_pool_structures"]
 
 
 def depth_bin_centers(dbound: Sequence[float]) -> torch.Tensor:
@@ -31,6 +31,40 @@ def depth_bin_centers(dbound: Sequence[float]) -> torch.Tensor:
     lo, hi, step = (float(v) for v in dbound)
     num_bins = int(round((hi - lo) / step))
     return lo + (torch.arange(num_bins, dtype=torch.float32) + 0.5) * step
+
+
+class PoolStructureCache:
+    """The last splat structure a lift built, with the camera and augmentation matrices it was built
+    from; several lifts with the same frustum and grid (``BaseTransform.geometry_key``) may hold one
+    (``share_pool_structures``: a distiller's teacher reuses the structure its student just built)."""
+
+    def __init__(self):
+        self.entry: tuple[tuple, list[torch.Tensor], BEVPoolGeometry] | None = None
+
+    def lookup(self, key: tuple, matrices: list[torch.Tensor]) -> BEVPoolGeometry | None:
+        if self.entry is None or self.entry[0] != key:
+            return None
+        _, cached, structure = self.entry
+        same = all(a.shape == b.shape and a.device == b.device and a.dtype == b.dtype and torch.equal(a, b)
+                   for a, b in zip(cached, matrices))
+        return structure if same else None
+
+    def store(self, key: tuple, matrices: list[torch.Tensor], structure: BEVPoolGeometry) -> None:
+        self.entry = (key, [m.detach().clone() for m in matrices], structure)
+
+
+def share_pool_structures(*modules: nn.Module) -> int:
+    """Give every ``BaseTransform`` below ``modules`` with the same ``geometry_key`` one
+    ``PoolStructureCache``; returns how many lifts now share another's structure."""
+    caches: dict[tuple, PoolStructureCache] = {}
+    shared = 0
+    for module in modules:
+        for lift in module.modules():
+            if isinstance(lift, BaseTransform):
+                cache = caches.setdefault(lift.geometry_key, lift.structure_cache)
+                shared += cache is not lift.structure_cache
+                lift.structure_cache = cache
+    return shared
 
 
 class BaseTransform(nn.Module):
@@ -41,8 +75,9 @@ class BaseTransform(nn.Module):
     ``(bev (B, out_channels, X', Y'), {"depth_logits": (B, N, D, fH, fW)})`` with ``(X', Y') = bev_size``,
     ``X' = X / downsample`` (rounded up).
 
-    In eval mode the sparse splat structure is cached and reused while the camera matrices and
-    ``lidar_aug_matrix`` keep their values; in training mode it is rebuilt every call.
+    The sparse splat structure (index arrays only, no gradient) is cached and reused while the camera
+    matrices and ``lidar_aug_matrix`` keep their values (every eval call of a fixed rig; in training,
+    each new batch rebuilds it), in ``structure_cache``, which lifts of one geometry may share.
     ``reference_pool=True`` selects the materialising reference ``bev_pool``.
     """
 
@@ -84,7 +119,10 @@ class BaseTransform(nn.Module):
         else:
             self.downsample = nn.Identity()
             self.out_channels = pooled_channels
-        self._cache: tuple[list[torch.Tensor], BEVPoolGeometry] | None = None
+        self.structure_cache = PoolStructureCache()
+        # everything the splat structure depends on besides the batch's matrices
+        self.geometry_key = (self.image_size, self.feature_size, tuple(self.dbound), tuple(self.xbound),
+                             tuple(self.ybound), tuple(self.zbound))
 
     def create_frustum(self) -> torch.Tensor:
         """(D, fH, fW, 3) frustum points ``(u, v, d)`` in augmented-image pixels and metres."""
@@ -140,14 +178,11 @@ class BaseTransform(nn.Module):
 
     def _pool_structure(self, batch: dict) -> BEVPoolGeometry:
         matrices = self.geometry_matrices(batch)
-        if not self.training and self._cache is not None:
-            cached, structure = self._cache
-            if all(a.shape == b.shape and a.device == b.device and torch.equal(a, b) for a, b in zip(cached, matrices)):
-                return structure
-        geometry = self.get_geometry(*matrices)
-        structure = BEVPoolGeometry(geometry.detach(), self.xbound, self.ybound, self.zbound)
-        if not self.training:
-            self._cache = ([m.detach().clone() for m in matrices], structure)
+        structure = self.structure_cache.lookup(self.geometry_key, matrices)
+        if structure is None:
+            geometry = self.get_geometry(*matrices)
+            structure = BEVPoolGeometry(geometry.detach(), self.xbound, self.ybound, self.zbound)
+            self.structure_cache.store(self.geometry_key, matrices, structure)
         return structure
 
     def splat(self, depth_probs: torch.Tensor, context: torch.Tensor, batch: dict) -> torch.Tensor:
