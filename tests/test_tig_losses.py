@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmdet3d.models.distillers import (inner_depth_loss, inter_channel_loss, inter_keypoint_loss,
                                        sample_box_keypoints)
@@ -121,6 +122,29 @@ def test_batched_sampler_equals_a_per_box_loop():
             expected = torch.stack([_bilinear_reference(bev[b], float(x), float(y), bev_range) for x, y in lattice], 1)
             torch.testing.assert_close(points[row], expected, rtol=1e-9, atol=1e-9)
             row += 1
+
+
+def test_sampler_values_and_gradient_equal_grid_sample():
+    """The sparse bilinear matrix against torch's grid_sample (align_corners=False, zero padding),
+    forward and backward, with keypoints partly off the map."""
+    torch.manual_seed(1)
+    bev = torch.randn(2, 5, 10, 14, dtype=torch.float64, requires_grad=True)
+    bev_range = (-5.0, -7.0, 5.0, 7.0)
+    boxes = [torch.cat([torch.rand(k, 2) * 14 - 7, torch.zeros(k, 1), torch.rand(k, 3) + 0.5, torch.rand(k, 1) * 6], 1).double()
+             for k in (3, 2)]
+    weights = torch.randn(5, 5, 9, dtype=torch.float64)
+    points = sample_box_keypoints(bev, boxes, bev_range, lattice=3, enlarge=1.0)
+    (grad,) = torch.autograd.grad((points * weights).sum(), bev)
+    grids = []
+    for sample_boxes in boxes:
+        xy = box_lattice_points(sample_boxes, 3, 1.0)  # (K_b, M, 2); grid x indexes Y, grid y indexes X
+        grids.append(torch.stack([2 * (xy[..., 1] + 7.0) / 14.0 - 1, 2 * (xy[..., 0] + 5.0) / 10.0 - 1], -1))
+    reference = torch.cat([F.grid_sample(bev[b:b + 1], g[None], align_corners=False)[0].permute(1, 0, 2)
+                           for b, g in enumerate(grids)])  # (1, C, K_b, M) -> (K_b, C, M)
+    (reference_grad,) = torch.autograd.grad((reference * weights).sum(), bev)
+    assert any((box_lattice_points(b, 3, 1.0)[..., 0].abs() > 5.0).any() for b in boxes)  # some off the map
+    torch.testing.assert_close(points, reference, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-9, atol=1e-9)
 
 
 def _relation_reference(ps, pt, channel: bool):

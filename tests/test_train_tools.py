@@ -236,8 +236,17 @@ def test_teacher_config_trains_and_tests(tmp_path, teacher_fast):
     check_ok(run_tool("train", TEACHER_CONFIG, "--run-dir", run, "--iters-per-epoch", "2", "--eval_interval", "0", *teacher_fast, timeout=600))
     ckpt = torch.load(os.path.join(run, "epoch_1.pth"), weights_only=True)
     assert ckpt["meta"]["iter"] == 2 and ckpt["meta"]["config"]["model"]["type"] == "BEVFusion"
-    proc = check_ok(run_tool("test", TEACHER_CONFIG, os.path.join(run, "epoch_1.pth"), "--eval", "bbox", *teacher_fast, timeout=600))
+    plain, fused = str(tmp_path / "plain.pkl"), str(tmp_path / "fused.pkl")
+    proc = check_ok(run_tool("test", TEACHER_CONFIG, os.path.join(run, "epoch_1.pth"), "--eval", "bbox", "--out", plain,
+                             *teacher_fast, timeout=600))
     assert "| NDS" in proc.stdout and "| mAP" in proc.stdout
+    # --fuse-conv-bn (BatchNorm folded into the convs): the same predictions
+    proc = check_ok(run_tool("test", TEACHER_CONFIG, os.path.join(run, "epoch_1.pth"), "--fuse-conv-bn", "--out", fused,
+                             *teacher_fast, timeout=600))
+    assert "folded" in proc.stdout + proc.stderr
+    for a, b in zip(pickle.load(open(plain, "rb")), pickle.load(open(fused, "rb")), strict=True):
+        assert len(a["scores_3d"]) == len(b["scores_3d"])
+        torch.testing.assert_close(b["scores_3d"], a["scores_3d"], rtol=1e-3, atol=1e-4)
     # the train split, scored against the devkit's train split, with its sample tokens saved
     out = str(tmp_path / "train_preds.pkl")
     proc = check_ok(run_tool("test", TEACHER_CONFIG, os.path.join(run, "epoch_1.pth"), "--split", "train", "--eval", "bbox", "--out", out,

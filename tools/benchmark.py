@@ -23,6 +23,7 @@ from tqdm import tqdm  # noqa: E402
 from mmdet3d.apis.benchmark import format_latency_table, measure_latency  # noqa: E402
 from mmdet3d.apis.data import resolve_collate, seed_everything, to_device  # noqa: E402
 from mmdet3d.apis.runner import add_debug_flag, build_dataset_from_config, build_model_from_config, cli_main, import_custom_modules  # noqa: E402
+from mmdet3d.models.layers import fold_batchnorm  # noqa: E402
 from mmdet3d.utils.checkpoint import load_inference_weights  # noqa: E402
 from mmdet3d.utils.config import ConfigError, load_config  # noqa: E402
 
@@ -37,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--split", default="val", choices=("train", "val", "test"), help="dataset the input comes from")
+    parser.add_argument("--fuse-conv-bn", action="store_true",
+                        help="fold each BatchNorm into the conv before it (same outputs up to float round-off, faster)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     add_debug_flag(parser)
     return parser.parse_known_args(argv)
@@ -60,6 +63,8 @@ def main() -> None:
     if args.checkpoint:
         load_inference_weights(model, args.checkpoint)
     model.to(device).eval()
+    if args.fuse_conv_bn:
+        print(f"--fuse-conv-bn: folded {fold_batchnorm(model)} BatchNorm layers into their convs")
     dataset = build_dataset_from_config(cfg, args.split, inference=True)
     if len(dataset) == 0:
         raise ConfigError(f"data.{args.split} is empty")

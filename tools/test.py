@@ -32,6 +32,7 @@ from mmdet3d.apis.runner import (  # noqa: E402
     prepare_run_dir,
 )
 from mmdet3d.apis.test import inference  # noqa: E402
+from mmdet3d.models.layers import fold_batchnorm  # noqa: E402
 from mmdet3d.utils import distributed as dist  # noqa: E402
 from mmdet3d.utils.checkpoint import load_inference_weights  # noqa: E402
 from mmdet3d.utils.config import ConfigError, load_config  # noqa: E402
@@ -45,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--eval", nargs="*", default=None, help="metrics to compute (bbox)")
     parser.add_argument("--out", default=None, help="write the predictions (a list in dataset order) to this .pkl")
     parser.add_argument("--run-dir", "--run_dir", dest="run_dir", default=None, help="directory for evaluation files and metrics.json")
+    parser.add_argument("--fuse-conv-bn", action="store_true",
+                        help="fold each BatchNorm into the conv before it (same outputs up to float round-off, faster)")
     parser.add_argument("--split", default="test", choices=("test", "val", "train"),
                         help="which data.<split> to run on (default test; train is read with the test pipeline, no augmentation)")
     add_debug_flag(parser)
@@ -73,6 +76,8 @@ def main() -> None:
         model = build_model_from_config(cfg, inference=True)
         load_inference_weights(model, args.checkpoint, log=logger.info)
         model.to(info.device).eval()
+        if args.fuse_conv_bn:
+            logger.info(f"--fuse-conv-bn: folded {fold_batchnorm(model)} BatchNorm layers into their convs")
         dataset = build_dataset_from_config(cfg, args.split, inference=True)
         loader = build_test_loader_from_config(dataset, cfg, rank=info.rank, world_size=info.world_size)
         logger.info(f"testing {args.checkpoint} on data.{args.split} ({len(dataset)} samples) with {info.world_size} process(es) on {info.device}")

@@ -28,7 +28,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["bev_grid", "bev_cell_index", "bev_pool", "bev_pool_reference", "BEVPoolGeometry"]
+__all__ = ["bev_grid", "bev_cell_index", "bev_pool", "bev_pool_reference", "BEVPoolGeometry", "csr_tensor"]
 
 
 
@@ -155,7 +155,8 @@ def _compressed(sorted_index: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
 
 
-def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
+def csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
+    """A CSR matrix from indices built by this code (known valid: the invariant check is skipped)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
         return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
@@ -166,7 +167,7 @@ class _SparseSplat(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weights, flat_feats, structure: BEVPoolGeometry):
-        s = _csr(structure.crow_s, structure.col_s, weights[structure.perm], (structure.num_rows, structure.num_cols))
+        s = csr_tensor(structure.crow_s, structure.col_s, weights[structure.perm], (structure.num_rows, structure.num_cols))
         ctx.structure = structure
         ctx.save_for_backward(weights, flat_feats)
         return s @ flat_feats
@@ -176,7 +177,7 @@ class _SparseSplat(torch.autograd.Function):
         weights, flat_feats = ctx.saved_tensors
         st = ctx.structure
         grad_out = grad_out.contiguous()
-        s_t = _csr(st.crow_t, st.col_t, weights, (st.num_cols, st.num_rows))
+        s_t = csr_tensor(st.crow_t, st.col_t, weights, (st.num_cols, st.num_rows))
         grad_weights = grad_feats = None
         if ctx.needs_input_grad[0]:
             # <dBEV[cell], F[pixel]> on the pattern of S^T (pixel-major, the order of weights)
