@@ -1,0 +1,125 @@
+"""The distiller's exact speed-ups against their plain forms, interleaved in one process.
+
+    python benchmarks/teacher_speedups.py [--root data/benchmark] [--threads 1] [--repeats 15]
+
+Prints medians (ms) of: the teacher's forward with its BatchNorm folded and the lift structure
+shared with the student (``fold_teacher_batchnorm: true``, the default) against the loaded teacher
+as is, both after the student's camera lift (as in a training step); the TiG keypoint sampler
+(``sample_box_keypoints``, a sparse bilinear matrix) against ``grid_sample`` at lattices 8 and 24
+(forward and backward); and the whole TiG distillation step both ways. Variants alternate
+repeat by repeat, so a machine's load changes both alike; two batches alternate, so that every
+call sees new camera matrices as the steps of an epoch do.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mmdet3d.apis.runner import build_dataset_from_config  # noqa: E402
+from mmdet3d.datasets.pipelines.formatting import collate  # noqa: E402
+from mmdet3d.models import build_model  # noqa: E402
+from mmdet3d.models.distillers.losses.tig import box_lattice_points, sample_box_keypoints  # noqa: E402
+from mmdet3d.models.vtransforms import PoolStructureCache  # noqa: E402
+from mmdet3d.utils.config import load_config  # noqa: E402
+
+TIG = "configs/synthetic/distill/tig/convfuser.yaml"
+
+
+def grid_sample_keypoints(bev, boxes, bev_range, lattice, enlarge):
+    """The former sampler: one zero-padded ``grid_sample`` over (B, K_max, M) slots."""
+    batch_size, channels = bev.shape[:2]
+    m, max_boxes = lattice * lattice, max(len(b) for b in boxes)
+    x_min, y_min, x_max, y_max = bev_range
+    grid = bev.new_full((batch_size, max_boxes, m, 2), 2.0)
+    valid = torch.zeros(batch_size, max_boxes, dtype=torch.bool)
+    for b, sample_boxes in enumerate(boxes):
+        xy = box_lattice_points(sample_boxes.to(bev.dtype), lattice, enlarge)
+        grid[b, : len(sample_boxes), :, 0] = 2 * (xy[..., 1] - y_min) / (y_max - y_min) - 1
+        grid[b, : len(sample_boxes), :, 1] = 2 * (xy[..., 0] - x_min) / (x_max - x_min) - 1
+        valid[b, : len(sample_boxes)] = True
+    return F.grid_sample(bev, grid, align_corners=False).permute(0, 2, 1, 3)[valid]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="data/benchmark")
+    parser.add_argument("--teacher-checkpoint", default="runs/benchmark/synthetic_det_centerhead_second_camera+lidar_convfuser/latest.pth")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    checkpoint = args.teacher_checkpoint if Path(args.teacher_checkpoint).is_file() else "null"
+    cfg = load_config(str(ROOT / TIG), ["--dataset_root", args.root.rstrip("/") + "/", "--model.teacher_checkpoint", checkpoint])
+    dataset = build_dataset_from_config(cfg, "train")
+    size = cfg["data"]["samples_per_gpu"]
+    # two batches taken in turn: each call sees new camera matrices, as every step of an epoch does
+    batches = [collate([dataset[i] for i in range(start, start + size)]) for start in (0, size)]
+    batch = batches[0]
+    models = {}
+    for name, fold in (("fast", True), ("plain", False)):
+        model_cfg = copy.deepcopy(cfg["model"])
+        model_cfg["fold_teacher_batchnorm"] = fold
+        torch.manual_seed(0)
+        models[name] = build_model(model_cfg).train()
+    # the plain teacher builds its own splat structure, as before the sharing
+    models["plain"].teacher.encoders["camera"]["vtransform"].structure_cache = PoolStructureCache()
+
+    def teacher_forward(model):
+        order = itertools.cycle(batches)
+
+        def run():
+            with torch.no_grad():
+                current = next(order)
+                model.student.extract_camera_features(current)  # fills the shared structure, as a step does
+                model.teacher.extract_features(current)
+        return run
+
+    def step(model):
+        order = itertools.cycle(batches)
+
+        def run():
+            model.zero_grad(set_to_none=True)
+            sum(model(next(order)).values()).backward()
+        return run
+
+    bev = models["fast"].student.forward_features(batch)[0]["decoder_out"].detach().requires_grad_()
+    bev_range = models["fast"].context["bev_range"]
+
+    def sampler(fn, lattice):
+        return lambda: fn(bev, batch["gt_bboxes_3d"], bev_range, lattice, 1.6).square().sum().backward()
+
+    rows = [("teacher forward after the student lift", teacher_forward(models["fast"]), teacher_forward(models["plain"]))]
+    rows += [(f"TiG keypoint sampler, lattice {s} (fwd + bwd)", sampler(sample_box_keypoints, s), sampler(grid_sample_keypoints, s))
+             for s in (8, 24)]
+    rows.append(("TiG distillation step (fwd + bwd)", step(models["fast"]), step(models["plain"])))
+    times = {(i, v): [] for i in range(len(rows)) for v in (0, 1)}
+    for i, (_, fast, plain) in enumerate(rows):
+        fast(), plain()
+    for _ in range(args.repeats):
+        for i, (_, fast, plain) in enumerate(rows):
+            for v, fn in enumerate((fast, plain)):
+                start = time.perf_counter()
+                fn()
+                times[i, v].append(time.perf_counter() - start)
+    print(f"{args.threads} thread(s), median of {args.repeats}; batch {len(batch['img'])}; "
+          f"{models['fast'].teacher_batchnorms_folded} teacher BatchNorm layers folded\n")
+    print("| what | now (ms) | before (ms) | now / before |\n|---|---|---|---|")
+    for i, (name, _, _) in enumerate(rows):
+        now, before = (statistics.median(times[i, v]) * 1e3 for v in (0, 1))
+        print(f"| {name} | {now:.1f} | {before:.1f} | {now / before:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
