@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["conv_bn_relu", "deconv_bn_relu", "set_bn_eval", "fold_batchnorm", "fold_linear_batchnorm"]
+__all__ = ["conv_bn_relu", "deconv_bn_relu", "set_bn_eval", "batchnorm_affine", "fold_batchnorm", "fold_linear_batchnorm"]
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
@@ -35,12 +35,18 @@ def set_bn_eval(module: nn.Module) -> None:
             m.eval()
 
 
-def _fold_into(layer: nn.Module, norm: nn.modules.batchnorm._BatchNorm) -> None:
-    """Absorb the eval-mode affine map of ``norm`` into ``layer``'s weight and bias (in place)."""
+def batchnorm_affine(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eval-mode map of a BatchNorm with running statistics as ``y = x * scale + shift`` per channel."""
     scale = norm.running_var.add(norm.eps).rsqrt()
     if norm.weight is not None:
         scale = scale * norm.weight
     shift = -norm.running_mean * scale + (norm.bias if norm.bias is not None else 0.0)
+    return scale, shift
+
+
+def _fold_into(layer: nn.Module, norm: nn.modules.batchnorm._BatchNorm) -> None:
+    """Absorb the eval-mode affine map of ``norm`` into ``layer``'s weight and bias (in place)."""
+    scale, shift = batchnorm_affine(norm)
     weight = layer.weight.detach()
     # output channels: dim 0 of Conv2d/Linear weights, dim 1 of a ConvTranspose2d's
     view = [1] * weight.dim()

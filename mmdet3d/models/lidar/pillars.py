@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..builder import LIDAR_BACKBONES
-from ..layers import fold_linear_batchnorm
+from ..layers import batchnorm_affine, fold_linear_batchnorm
 
 __all__ = ["PillarFeatureNet", "DynamicPillarFeatureNet", "PointPillarsScatter", "PointPillarsEncoder", "bev_grid_size"]
 
@@ -150,8 +150,7 @@ class DynamicPillarFeatureNet(PillarFeatureNet):
         weight = linear.weight
         bias = linear.bias if linear.bias is not None else weight.new_zeros(weight.shape[0])
         if isinstance(norm, nn.BatchNorm1d):  # eval: y = x * scale + shift per channel
-            scale = norm.running_var.add(norm.eps).rsqrt() * (norm.weight if norm.weight is not None else 1.0)
-            shift = (norm.bias if norm.bias is not None else 0.0) - norm.running_mean * scale
+            scale, shift = batchnorm_affine(norm)
             weight, bias = weight * scale[:, None], bias * scale + shift
         c = self.in_channels
         point_weight = weight[:, :c].clone()  # (C, C_point): the weight every point feature gets
