@@ -86,3 +86,34 @@ def test_whole_teacher_folds_to_the_same_maps(kind):
     for key, value in expected.items():
         if value is not None:
             torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_channel_conv_equals_conv2d(bias):
+    """``OneChannelConv1x1`` (the LiDAR depth image's first layer) is ``nn.Conv2d(1, C, 1)``: same
+    state-dict keys, outputs and gradients, bit for bit; ``conv_bn_relu(1, C, 1)`` builds it."""
+    from mmdet3d.models.layers import OneChannelConv1x1
+
+    torch.manual_seed(5)
+    conv = nn.Conv2d(1, 8, 1, bias=bias)
+    fast = OneChannelConv1x1(8, bias=bias)
+    fast.load_state_dict(conv.state_dict())
+    assert list(fast.state_dict()) == list(conv.state_dict())
+    x = torch.randn(3, 1, 7, 11).relu()  # a sparse depth image: zeros and positive depths
+    out_conv, out_fast = conv(x), fast(x)
+    assert torch.equal(out_fast, out_conv)
+    grad = torch.randn_like(out_conv)
+    out_conv.backward(grad)
+    out_fast.backward(grad)
+    torch.testing.assert_close(fast.weight.grad, conv.weight.grad, rtol=1e-6, atol=1e-6)
+    if bias:
+        torch.testing.assert_close(fast.bias.grad, conv.bias.grad, rtol=1e-6, atol=1e-6)
+    assert isinstance(conv_bn_relu(1, 8, 1)[0], OneChannelConv1x1)
+    assert type(conv_bn_relu(2, 8, 1)[0]) is nn.Conv2d and type(conv_bn_relu(1, 8, 3)[0]) is nn.Conv2d
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        fast(torch.randn(1, 2, 4, 4))
+    # folded like any conv: a BatchNorm after it disappears and the map stays the same
+    block = _randomise_norms(conv_bn_relu(1, 8, 1))
+    before = block(x)
+    assert fold_batchnorm(block) == 1 and isinstance(block[1], nn.Identity)
+    torch.testing.assert_close(block(x), before, rtol=1e-5, atol=1e-6)

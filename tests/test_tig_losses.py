@@ -220,3 +220,33 @@ def test_relation_losses_have_finite_gradients_with_keypoints_off_the_map():
         ps.grad = None
         loss(ps, pt).backward()
         assert torch.isfinite(ps.grad).all(), loss.__name__
+
+
+@pytest.mark.parametrize("zero_rows", [False, True])
+def test_fused_gram_relation_loss_equals_the_autograd_graph(zero_rows):
+    """``gram_relation_loss`` (the relation terms' fused forward/backward) against ``relation_loss``
+    on explicit Gram matrices: value and student gradient, with zero rows (keypoints off the map,
+    a dead channel) where ``F.normalize``'s eps branch applies."""
+    from mmdet3d.models.distillers.losses import relation_loss
+    from mmdet3d.models.distillers.losses.tig import gram_relation_loss
+
+    torch.manual_seed(3)
+    s, t = torch.randn(4, 6, 5, dtype=torch.float64), torch.randn(4, 6, 9, dtype=torch.float64)
+    if zero_rows:
+        s[0, 2] = 0
+        s[1, :, 1] = 0
+        s[3, 1] *= 1e-13  # a row of norm below eps, neither zero nor normalised
+        t[2, 4] = 0
+    s_ref, s_new = s.clone().requires_grad_(), s.clone().requires_grad_()
+    expected = relation_loss(s_ref @ s_ref.transpose(1, 2), t @ t.transpose(1, 2))
+    value = gram_relation_loss(s_new, t)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-12)
+    (2.5 * expected).backward()
+    (2.5 * value).backward()
+    torch.testing.assert_close(s_new.grad, s_ref.grad, rtol=1e-9, atol=1e-9 * s_ref.grad.abs().max().item())
+    if not zero_rows:  # away from the eps branch the analytic gradient is the numerical one too
+        assert torch.autograd.gradcheck(lambda x: gram_relation_loss(x, t), (s.clone().requires_grad_(),))
+    # a teacher that needs a gradient too takes the autograd graph: both gradients exist
+    t_grad = t.clone().requires_grad_()
+    gram_relation_loss(s.clone().requires_grad_(), t_grad).backward()
+    assert t_grad.grad is not None and t_grad.grad.abs().sum() > 0

@@ -66,7 +66,11 @@ def frustum_point(batch, b, n, d, h, w):
     """Augmented-LiDAR xyz (float64) of frustum cell (d, h, w) of camera (b, n), by direct algebra."""
     u = (w + 0.5) * IMAGE[1] / FEATURE[1] - 0.5
     v = (h + 0.5) * IMAGE[0] / FEATURE[0] - 0.5
-    depth = float(depth_bin_centers(DBOUND)[d])
+    return pixel_point(batch, b, n, u, v, float(depth_bin_centers(DBOUND)[d]))
+
+
+def pixel_point(batch, b, n, u, v, depth):
+    """Augmented-LiDAR xyz (float64) seen at pixel (u, v) of camera (b, n) at ``depth`` metres."""
     m = {key: batch[key][b].double().numpy() for key in batch}
     raw = np.linalg.solve(m["img_aug_matrix"][n], [u, v, depth, 1.0])
     cam = np.linalg.solve(m["camera_intrinsics"][n], [raw[0] * depth, raw[1] * depth, depth, 1.0])
@@ -156,15 +160,17 @@ def test_depth_branch_gradient_through_splat_only():
 
 def test_depth_image_projection():
     batch = make_batch(batch_size=1, num_cams=2)
-    b, n, d, h, w = 0, 1, 5, 3, 9
-    point, (u, v, depth) = frustum_point(batch, b, n, d, h, w)
-    nearer, _ = frustum_point(batch, b, n, 2, h, w)
+    # on the ray through a pixel centre: feature-cell centres lie on pixel borders at stride 4,
+    # where float round-off alone picks the pixel
+    b, n, u, v = 0, 1, 37.0, 13.0
+    point, (_, _, depth) = pixel_point(batch, b, n, u, v, 6.5)
+    nearer, _ = pixel_point(batch, b, n, u, v, 3.5)
     points = torch.tensor(np.stack([point, nearer, point + 1000.0]), dtype=torch.float32)
     points = torch.cat([points, torch.zeros(3, 2)], dim=1)
     image = points_to_depth_image([points], batch["lidar2image"], batch["img_aug_matrix"], batch["lidar_aug_matrix"], IMAGE)
     assert image.shape == (1, 2, 32, 64)
     row, col = math.floor(v + 0.5), math.floor(u + 0.5)
-    assert image[0, n, row, col].item() == pytest.approx(float(depth_bin_centers(DBOUND)[2]), rel=1e-5)
+    assert image[0, n, row, col].item() == pytest.approx(3.5, rel=1e-5)
     assert (image > 0).sum() == 1  # the farther point hides behind the nearer one
 
 
@@ -367,3 +373,35 @@ def test_depth_lss_reads_each_cameras_own_depth_image():
             _, after = vt(feats, dict(batch, points=points))
             changed = (after["depth_logits"] - before["depth_logits"]).abs().flatten(2).amax(2) > 1e-6
             assert changed.nonzero().tolist() == [[b, n]]
+
+
+def test_depth_image_equals_a_per_point_reference():
+    """``points_to_depth_image`` against a float64 loop over points and cameras (undo the LiDAR
+    augmentation, project, apply the image augmentation, round, keep the nearest); pixels whose
+    reference projection lies within 1e-3 px of a pixel border may round either way in float32."""
+    batch = make_batch(batch_size=2, num_cams=2)
+    rng = np.random.default_rng(7)
+    points = [torch.tensor(np.concatenate([rng.uniform(-15, 15, (400, 2)), rng.uniform(-2, 2, (400, 1)), np.zeros((400, 2))], 1),
+                           dtype=torch.float32) for _ in range(2)]
+    image = points_to_depth_image(points, batch["lidar2image"], batch["img_aug_matrix"], batch["lidar_aug_matrix"], IMAGE)
+    expected = np.zeros(image.shape)
+    ambiguous = np.zeros(image.shape, dtype=bool)
+    for b in range(2):
+        m = {key: batch[key][b].double().numpy() for key in batch}
+        for p in points[b].double().numpy():
+            raw = np.linalg.solve(m["lidar_aug_matrix"], [*p[:3], 1.0])
+            for n in range(2):
+                cam = m["lidar2image"][n] @ raw
+                if cam[2] <= 1e-3:
+                    continue
+                u, v = (m["img_aug_matrix"][n] @ [cam[0] / cam[2], cam[1] / cam[2], cam[2], 1.0])[:2]
+                col, row = math.floor(u + 0.5), math.floor(v + 0.5)
+                if not (0 <= col < IMAGE[1] and 0 <= row < IMAGE[0]):
+                    continue
+                if min(abs(u + 0.5 - round(u + 0.5)), abs(v + 0.5 - round(v + 0.5))) < 1e-3:
+                    ambiguous[b, n, row, col] = True
+                if expected[b, n, row, col] == 0 or cam[2] < expected[b, n, row, col]:
+                    expected[b, n, row, col] = cam[2]
+    assert (expected > 0).sum() > 100  # the points reach both cameras of both samples
+    clear = ~ambiguous
+    np.testing.assert_allclose(image.numpy()[clear], expected[clear], rtol=1e-5, atol=1e-5)

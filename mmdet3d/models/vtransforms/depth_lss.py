@@ -23,21 +23,22 @@ def points_to_depth_image(points, lidar2image, img_aug_matrix, lidar_aug_matrix,
     batch_size, num_cams = lidar2image.shape[:2]
     image_h, image_w = (int(s) for s in image_size)
     depth = lidar2image.new_zeros(batch_size, num_cams * image_h * image_w)
+    cam_offset = (torch.arange(num_cams, device=lidar2image.device) * (image_h * image_w))[:, None]
     for b in range(batch_size):
         xyz = points[b][:, :3].to(lidar2image.dtype)
-        homo = torch.cat([xyz, torch.ones_like(xyz[:, :1])], dim=1).t()  # (4, P)
-        raw = torch.linalg.inv(lidar_aug_matrix[b]) @ homo  # undo the LiDAR augmentation
-        cam = lidar2image[b] @ raw  # (N, 4, P)
+        # augmented LiDAR frame -> raw LiDAR -> image plane as one (N, 3, 4) map per sample; only
+        # the two rows of img_aug_matrix that give the pixel are applied
+        to_image = (lidar2image[b] @ torch.linalg.inv(lidar_aug_matrix[b]))[:, :3]
+        cam = torch.baddbmm(to_image[:, :, 3:], to_image[:, :, :3], xyz.t().expand(num_cams, 3, -1))  # (N, 3, P)
         z = cam[:, 2]
         front = z > 1e-3
-        safe_z = torch.where(front, z, torch.ones_like(z))
-        pixel = torch.stack([cam[:, 0] / safe_z, cam[:, 1] / safe_z, z, torch.ones_like(z)], dim=1)
-        aug = img_aug_matrix[b] @ pixel  # (N, 4, P)
-        col = torch.floor(aug[:, 0] + 0.5).long()
-        row = torch.floor(aug[:, 1] + 0.5).long()
+        safe_z = torch.where(front, z, 1.0)
+        u, v = cam[:, 0] / safe_z, cam[:, 1] / safe_z
+        aug = img_aug_matrix[b]
+        col = torch.floor(aug[:, 0, 0:1] * u + aug[:, 0, 1:2] * v + aug[:, 0, 2:3] * z + (aug[:, 0, 3:4] + 0.5)).long()
+        row = torch.floor(aug[:, 1, 0:1] * u + aug[:, 1, 1:2] * v + aug[:, 1, 2:3] * z + (aug[:, 1, 3:4] + 0.5)).long()
         valid = front & (col >= 0) & (col < image_w) & (row >= 0) & (row < image_h)
-        cam_idx = torch.arange(num_cams, device=z.device)[:, None].expand_as(z)
-        index = (cam_idx * image_h + row) * image_w + col
+        index = cam_offset + row * image_w + col
         depth[b].scatter_reduce_(0, index[valid], z[valid], reduce="amin", include_self=False)
     return depth.view(batch_size, num_cams, image_h, image_w)
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from mmdet3d.ops.bev_pool import csr_tensor
 
-__all__ = ["inner_depth_loss", "box_lattice_points", "sample_box_keypoints", "inter_keypoint_loss",
-           "inter_channel_loss", "relation_loss"]
+__all__ = ["inner_depth_loss", "box_lattice_points", "box_keypoint_matrix", "sample_box_keypoints", "inter_keypoint_loss",
+           "inter_channel_loss", "relation_loss", "gram_relation_loss"]
 
 
 def inner_depth_loss(depth_logits: torch.Tensor, depth_map: torch.Tensor, fg_map: torch.Tensor,
@@ -69,24 +69,18 @@ def box_lattice_points(boxes: torch.Tensor, lattice: int, enlarge: float) -> tor
     return torch.stack([x, y], dim=-1)
 
 
-def sample_box_keypoints(bev: torch.Tensor, boxes: Sequence[torch.Tensor], bev_range: Sequence[float],
-                         lattice: int, enlarge: float) -> torch.Tensor:
-    """Bilinear samples of ``bev`` at every box's lattice: -> (K, C, lattice**2), K = all boxes.
-
-    bev (B, C, X, Y) over ``bev_range = (x_min, y_min, x_max, y_max)`` with cell centres at
-    ``min + (i + 0.5) * cell``; boxes: B tensors (K_b, >=7). Points off the map sample zeros (the
-    map is zero-padded), as ``grid_sample(align_corners=False, padding_mode="zeros")``. The
-    samples are one sparse (K*M, B*X*Y) matrix of bilinear weights (4 per keypoint) times the map:
-    the same values, and a backward that is a sparse product too, several times cheaper on CPU
-    than ``grid_sample``'s.
-    """
-    batch_size, channels, size_x, size_y = bev.shape
+def box_keypoint_matrix(boxes: Sequence[torch.Tensor], bev_shape: Sequence[int], bev_range: Sequence[float],
+                        lattice: int, enlarge: float, dtype: torch.dtype = torch.float32,
+                        device: torch.device | str | None = None) -> torch.Tensor:
+    """The (K*M, B*X*Y) sparse CSR matrix of bilinear weights (4 per keypoint) that samples a
+    (B, X, Y) grid over ``bev_range`` at every box's lattice (``sample_box_keypoints``); one matrix
+    serves every map of that grid (student and teacher)."""
+    batch_size, size_x, size_y = (int(v) for v in bev_shape)
     m = lattice * lattice
-    if sum(len(b) for b in boxes) == 0:
-        return bev.new_zeros(0, channels, m)
+    device = boxes[0].device if device is None else device
     x_min, y_min, x_max, y_max = (float(v) for v in bev_range)
-    xy = torch.cat([box_lattice_points(b.to(bev.dtype), lattice, enlarge) for b in boxes])  # (K, M, 2)
-    sample = torch.cat([torch.full((len(b),), i, dtype=torch.long, device=bev.device) for i, b in enumerate(boxes)])
+    xy = torch.cat([box_lattice_points(b.to(device=device, dtype=dtype), lattice, enlarge) for b in boxes])  # (K, M, 2)
+    sample = torch.cat([torch.full((len(b),), i, dtype=torch.long, device=device) for i, b in enumerate(boxes)])
     # continuous cell coordinates: cell i's centre at i (the map's edges at -0.5 and size - 0.5)
     fx = (xy[..., 0] - x_min) / (x_max - x_min) * size_x - 0.5
     fy = (xy[..., 1] - y_min) / (y_max - y_min) * size_y - 0.5
@@ -101,11 +95,52 @@ def sample_box_keypoints(bev: torch.Tensor, boxes: Sequence[torch.Tensor], bev_r
             cols.append(torch.where(inside, (sample[:, None] * size_x + xi) * size_y + yi, 0))
             weights.append(torch.where(inside, weight_x * weight_y, 0))
     rows = xy.shape[0] * m
-    matrix = csr_tensor(
-        torch.arange(0, 4 * rows + 1, 4, device=bev.device), torch.stack(cols, -1).reshape(-1),
+    return csr_tensor(
+        torch.arange(0, 4 * rows + 1, 4, device=device), torch.stack(cols, -1).reshape(-1),
         torch.stack(weights, -1).reshape(-1).detach(), size=(rows, batch_size * size_x * size_y))
+
+
+def sample_box_keypoints(bev: torch.Tensor, boxes: Sequence[torch.Tensor], bev_range: Sequence[float],
+                         lattice: int, enlarge: float, matrix: torch.Tensor | None = None) -> torch.Tensor:
+    """Bilinear samples of ``bev`` at every box's lattice: -> (K, C, lattice**2), K = all boxes.
+
+    bev (B, C, X, Y) over ``bev_range = (x_min, y_min, x_max, y_max)`` with cell centres at
+    ``min + (i + 0.5) * cell``; boxes: B tensors (K_b, >=7). Points off the map sample zeros (the
+    map is zero-padded), as ``grid_sample(align_corners=False, padding_mode="zeros")``. The
+    samples are one sparse (K*M, B*X*Y) matrix of bilinear weights (4 per keypoint) times the map:
+    the same values, and a backward that is a sparse product too, several times cheaper on CPU
+    than ``grid_sample``'s. ``matrix``: that of ``box_keypoint_matrix`` for these boxes and grid,
+    when several maps are sampled.
+    """
+    batch_size, channels, size_x, size_y = bev.shape
+    m = lattice * lattice
+    if sum(len(b) for b in boxes) == 0:
+        return bev.new_zeros(0, channels, m)
+    if matrix is None:
+        matrix = box_keypoint_matrix(boxes, (batch_size, size_x, size_y), bev_range, lattice, enlarge, bev.dtype, bev.device)
     flat = bev.permute(0, 2, 3, 1).reshape(-1, channels)  # (B, C, X, Y) -> (B*X*Y, C)
-    return torch.sparse.mm(matrix, flat).view(-1, m, channels).transpose(1, 2)  # (K*M, C) -> (K, C, M)
+    return _BilinearSample.apply(flat, matrix).view(-1, m, channels).transpose(1, 2)  # (K*M, C) -> (K, C, M)
+
+
+class _BilinearSample(torch.autograd.Function):
+    """``matrix @ flat`` for the 4-entries-per-row CSR of ``box_keypoint_matrix``; the backward
+    scatters each keypoint's gradient onto its 4 cells (``index_add_``) instead of the transposed
+    sparse product, whose CSR transpose (a sort) costs more on CPU."""
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(matrix.col_indices(), matrix.values())
+        ctx.num_cells = flat.shape[0]
+        return torch.sparse.mm(matrix, flat)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        cols, weights = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        src = (weights.view(-1, 4, 1) * grad.view(-1, 1, grad.shape[1])).reshape(-1, grad.shape[1])
+        return grad.new_zeros(ctx.num_cells, grad.shape[1]).index_add_(0, cols, src), None
 
 
 def relation_loss(student_relation: torch.Tensor, teacher_relation: torch.Tensor) -> torch.Tensor:
@@ -116,6 +151,59 @@ def relation_loss(student_relation: torch.Tensor, teacher_relation: torch.Tensor
     s = F.normalize(student_relation, dim=-1)
     t = F.normalize(teacher_relation, dim=-1)
     return (s - t).pow(2).sum(dim=-1).mean()
+
+
+def _normalised_gram_rows(s, t, eps):
+    """``(K, R, F)`` pair -> ``G^_s``, ``E = G^_s - G^_t``, ``max(|G_s|, eps)``, ``<G^_s, E>`` per row
+    (0 where ``|G_s| <= eps``) and ``|E|^2`` per row; every (K, R, 1) value from the row norms."""
+    student = torch.bmm(s, s.transpose(1, 2))
+    teacher = torch.bmm(t, t.transpose(1, 2))
+    norm_s = torch.linalg.vector_norm(student, dim=-1, keepdim=True)
+    norm_t = torch.linalg.vector_norm(teacher, dim=-1, keepdim=True)
+    scale_s, scale_t = norm_s.clamp(min=eps), norm_t.clamp(min=eps)
+    student.div_(scale_s)
+    diff = torch.addcdiv(student, teacher, scale_t, value=-1)  # G^_s - G^_t
+    rows = torch.linalg.vector_norm(diff, dim=-1, keepdim=True).square_()
+    sq_s, sq_t = (norm_s / scale_s).square_(), (norm_t / scale_t).square_()
+    proj = torch.where(norm_s > eps, (sq_s - sq_t + rows) * 0.5, 0.0)
+    return student, diff, scale_s, proj, rows
+
+
+class _GramRelationLoss(torch.autograd.Function):
+    """``relation_loss(S S^T, T T^T)`` for (K, R, F) ``S`` (needs grad) and ``T`` (does not).
+
+    The same value and gradient as the autograd graph of ``relation_loss`` (``F.normalize``'s
+    ``max(|row|, eps)`` included) in fewer passes over the (K, R, R) matrices, which bound its
+    cost on CPU: with ``G^ = G / max(|G|, eps)`` per row and ``E = G^_s - G^_t``, the loss is
+    ``sum |E|^2 / (K R)``; the backward is ``dG = k (E - G^ p) / max(|G|, eps)`` with
+    ``p = <G^, E>`` per row (0 where ``|G| <= eps``, whose rows the norm does not divide), ``k =
+    2 / (K R)``, and ``dS = (dG + dG^T) S``.
+    ``p`` comes from the row norms: ``<G^, E> = (|G^_s|^2 - |G^_t|^2 + |E|^2) / 2``.
+    """
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, t: torch.Tensor, eps: float) -> torch.Tensor:
+        student, diff, scale_s, proj, rows = _normalised_gram_rows(s, t, eps)
+        ctx.save_for_backward(s, student, diff, scale_s, proj)
+        return rows.sum() / (s.shape[0] * s.shape[1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        s, student, diff, scale_s, proj = ctx.saved_tensors
+        row_scale = grad * 2.0 / (s.shape[0] * s.shape[1]) / scale_s  # (K, R, 1)
+        d_gram = torch.addcmul(diff, student, proj, value=-1).mul_(row_scale)  # k (E - G^ p) / |G|
+        return torch.bmm(d_gram + d_gram.transpose(1, 2), s), None, None
+
+
+def gram_relation_loss(s: torch.Tensor, t: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """``relation_loss(s @ s^T, t @ t^T)`` for (K, R, F) row features; a teacher without gradient
+    (the distillation case) takes the fused ``_GramRelationLoss``."""
+    if s.shape[0] == 0:
+        return s.sum() * 0.0
+    if t.requires_grad or not s.requires_grad:
+        return relation_loss(s @ s.transpose(1, 2), t @ t.transpose(1, 2))
+    return _GramRelationLoss.apply(s, t, eps)
 
 
 def _gram_row_loss(ps: torch.Tensor, pt: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -147,11 +235,11 @@ def inter_keypoint_loss(student_points: torch.Tensor, teacher_points: torch.Tens
         return student_points.sum() * 0.0
     cs, ct, m = student_points.shape[1], teacher_points.shape[1], student_points.shape[2]
     if m * (cs + ct) <= 2 * (cs * ct + cs * cs + ct * ct):
-        return relation_loss(student_points.transpose(1, 2) @ student_points, teacher_points.transpose(1, 2) @ teacher_points)
+        return gram_relation_loss(student_points.transpose(1, 2), teacher_points.transpose(1, 2))
     return _gram_row_loss(student_points, teacher_points)
 
 
 def inter_channel_loss(student_points: torch.Tensor, teacher_points: torch.Tensor) -> torch.Tensor:
     """(K, C, M) keypoint features (student already adapted to the teacher's C) -> relation loss of
     the (C x C) channel Gram matrices ``P P^T``."""
-    return relation_loss(student_points @ student_points.transpose(1, 2), teacher_points @ teacher_points.transpose(1, 2))
+    return gram_relation_loss(student_points, teacher_points)
