@@ -124,9 +124,14 @@ def test_batched_sampler_equals_a_per_box_loop():
             row += 1
 
 
-def test_sampler_values_and_gradient_equal_grid_sample():
+@pytest.mark.parametrize("scatter_backward", [True, False])
+def test_sampler_values_and_gradient_equal_grid_sample(scatter_backward, monkeypatch):
     """The sparse bilinear matrix against torch's grid_sample (align_corners=False, zero padding),
-    forward and backward, with keypoints partly off the map."""
+    forward and backward (both backward forms: the index_add_ scatter and the transposed sparse
+    product of large lattices), with keypoints partly off the map."""
+    import mmdet3d.models.distillers.losses.tig as tig
+
+    monkeypatch.setattr(tig, "_INDEX_ADD_MAX_ELEMENTS", 1 << 30 if scatter_backward else 0)
     torch.manual_seed(1)
     bev = torch.randn(2, 5, 10, 14, dtype=torch.float64, requires_grad=True)
     bev_range = (-5.0, -7.0, 5.0, 7.0)

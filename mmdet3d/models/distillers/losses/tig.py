@@ -28,17 +28,17 @@ def inner_depth_loss(depth_logits: torch.Tensor, depth_map: torch.Tensor, fg_map
     ``r = argmin |d_hat - d|``; ``e_p = (d_hat_p - stopgrad(d_hat_r)) - (d_p - d_r)``;
     returns ``sum_fg e_p^2 / max(#fg, 1)`` (0 without foreground cells).
     """
-    probs = depth_logits.softmax(dim=2)
-    d_hat = (probs * bin_centers.to(probs.dtype).view(1, 1, -1, 1, 1)).sum(dim=2)  # (B, N, h, w)
     fg = (fg_map > 0) & (depth_map > 0)
     if not fg.any():
         return depth_logits.sum() * 0.0
-    b, n, _, _ = torch.nonzero(fg, as_tuple=True)
+    b, n, y, x = torch.nonzero(fg, as_tuple=True)
+    # the expected depth at the foreground cells only: (F, D) logits -> (F,)
+    pred = depth_logits[b, n, :, y, x].softmax(dim=-1) @ bin_centers.to(depth_logits.dtype)
     num_cams, max_box = fg_map.shape[1], int(fg_map.max()) + 1
     # One group id per (sample, camera, box): cells of the same object seen by one camera.
     group = (b * num_cams + n) * max_box + fg_map[fg]
     _, group = torch.unique(group, return_inverse=True)
-    pred, target = d_hat[fg], depth_map[fg].to(d_hat.dtype)
+    target = depth_map[fg].to(pred.dtype)
     error = (pred - target).abs().detach()
     # Reference of each group: its cell of least error (the lowest index on ties), by a stable
     # sort on the error then on the group; every group gets one even if an error is NaN.
@@ -122,25 +122,33 @@ def sample_box_keypoints(bev: torch.Tensor, boxes: Sequence[torch.Tensor], bev_r
     return _BilinearSample.apply(flat, matrix).view(-1, m, channels).transpose(1, 2)  # (K*M, C) -> (K, C, M)
 
 
+# Up to this many scattered values (4 per keypoint x channels) the backward is an ``index_add_``;
+# above it (the paper's lattice 24) the transposed sparse product, whose CSR transpose then costs
+# less than the scatter's (rows * 4, C) temporary.
+_INDEX_ADD_MAX_ELEMENTS = 1 << 22
+
+
 class _BilinearSample(torch.autograd.Function):
     """``matrix @ flat`` for the 4-entries-per-row CSR of ``box_keypoint_matrix``; the backward
-    scatters each keypoint's gradient onto its 4 cells (``index_add_``) instead of the transposed
-    sparse product, whose CSR transpose (a sort) costs more on CPU."""
+    scatters each keypoint's gradient onto its 4 cells (``index_add_``) for the lattices of the
+    synthetic configs, cheaper on CPU than the transposed sparse product autograd would form."""
 
     @staticmethod
     def forward(ctx, flat: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(matrix.col_indices(), matrix.values())
+        ctx.matrix = matrix
         ctx.num_cells = flat.shape[0]
         return torch.sparse.mm(matrix, flat)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        cols, weights = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None
-        src = (weights.view(-1, 4, 1) * grad.view(-1, 1, grad.shape[1])).reshape(-1, grad.shape[1])
-        return grad.new_zeros(ctx.num_cells, grad.shape[1]).index_add_(0, cols, src), None
+        matrix, channels = ctx.matrix, grad.shape[1]
+        if matrix.values().numel() * channels > _INDEX_ADD_MAX_ELEMENTS:
+            return torch.sparse.mm(matrix.t().to_sparse_csr(), grad.contiguous()), None
+        src = (matrix.values().view(-1, 4, 1) * grad.view(-1, 1, channels)).reshape(-1, channels)
+        return grad.new_zeros(ctx.num_cells, channels).index_add_(0, matrix.col_indices(), src), None
 
 
 def relation_loss(student_relation: torch.Tensor, teacher_relation: torch.Tensor) -> torch.Tensor:
