@@ -103,3 +103,24 @@ def test_bev_backbones_strides_and_widths():
     assert [tuple(o.shape) for o in resnet(x)] == [(2, 16, 16, 12), (2, 24, 8, 6)]
     with pytest.raises(ValueError, match="same length"):
         SECOND(in_channels=8, out_channels=[16], layer_nums=[1, 1], layer_strides=[1, 2])
+
+
+@pytest.mark.parametrize("shape, args", [((2, 3, 7, 9), (3, 2, 1)), ((2, 3, 8, 11), (2, 2, 0)), ((3, 9, 10), ((3, 2), (2, 1), (1, 0)))])
+def test_max_pool_without_gradient_equals_torch(shape, args):
+    """``layers.MaxPool2d`` (the ResNet stem's) without gradient: the strided-slice max equals
+    ``F.max_pool2d`` value for value, NaN and odd sizes included; with gradient it is torch's own."""
+    import torch.nn.functional as F
+
+    from mmdet3d.models.layers import MaxPool2d
+
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    x[..., 0, 1, 1] = float("nan")
+    pool = MaxPool2d(*args)
+    with torch.no_grad():
+        fast, reference = pool(x), F.max_pool2d(x, *args)
+    assert fast.shape == reference.shape and fast.is_contiguous()
+    torch.testing.assert_close(fast, reference, rtol=0, atol=0, equal_nan=True)
+    grad_input = x.clone().requires_grad_()
+    pool(grad_input).nan_to_num().sum().backward()
+    assert grad_input.grad is not None

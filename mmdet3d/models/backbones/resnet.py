@@ -15,7 +15,7 @@ from torch import nn
 from mmdet3d.utils.checkpoint import LoadReport, load_checkpoint_file, load_model_weights, strip_prefix
 
 from ..builder import BACKBONES
-from ..layers import set_bn_eval
+from ..layers import MaxPool2d, set_bn_eval
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "TinyResNet", "load_pretrained", "LoadReport"]
 
@@ -135,7 +135,7 @@ class ResNet(nn.Module):
                                padding=stem_kernel_size // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(base_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = MaxPool2d(kernel_size=3, stride=2, padding=1)  # index-free without gradient
 
         channels, stage_widths = base_channels, []
         self.num_stages = len(stage_blocks)
