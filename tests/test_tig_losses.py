@@ -255,3 +255,35 @@ def test_fused_gram_relation_loss_equals_the_autograd_graph(zero_rows):
     t_grad = t.clone().requires_grad_()
     gram_relation_loss(s.clone().requires_grad_(), t_grad).backward()
     assert t_grad.grad is not None and t_grad.grad.abs().sum() > 0
+
+
+def test_registered_relation_losses_equal_the_functions_on_their_own_samples():
+    """InterKeypointLoss / InterChannelLoss (one shared keypoint matrix, the adapter as a matmul,
+    the fused relation loss) against the plain route: each map sampled on its own, the adapter
+    ``nn.Conv1d`` called as a module, the relations on explicit Gram matrices. Values and the
+    gradients of the student map and the adapter."""
+    from mmdet3d.models.distillers.losses import InterChannelLoss, InterKeypointLoss, relation_loss
+
+    torch.manual_seed(4)
+    bev_range = (-8.0, -8.0, 8.0, 8.0)
+    boxes = [torch.cat([torch.rand(k, 2) * 16 - 8, torch.zeros(k, 1), torch.rand(k, 3) + 1.0, torch.rand(k, 1) * 6], 1).double()
+             for k in (3, 2)]
+    fs = torch.randn(2, 6, 8, 8, dtype=torch.float64, requires_grad=True)
+    ft = torch.randn(2, 5, 8, 8, dtype=torch.float64)
+    context = {"bev_range": bev_range, "cache": {}}
+    keypoint = InterKeypointLoss(lattice=3, weight=2.0)
+    channel = InterChannelLoss(lattice=3, weight=3.0, student_channels=6, teacher_channels=5).double()
+    batch = {"gt_bboxes_3d": boxes}
+    value = keypoint({"decoder_out": fs}, {"decoder_out": ft}, batch, context) + \
+        channel({"decoder_out": fs}, {"decoder_out": ft}, batch, context)
+    grad_map, grad_adapter = torch.autograd.grad(value, (fs, channel.adapter.weight))
+
+    ps = sample_box_keypoints(fs, boxes, bev_range, 3, 1.6)
+    pt = sample_box_keypoints(ft, boxes, bev_range, 3, 1.6)
+    adapted = channel.adapter(ps)
+    expected = 2.0 * relation_loss(ps.transpose(1, 2) @ ps, pt.transpose(1, 2) @ pt) + \
+        3.0 * relation_loss(adapted @ adapted.transpose(1, 2), pt @ pt.transpose(1, 2))
+    expected_map, expected_adapter = torch.autograd.grad(expected, (fs, channel.adapter.weight))
+    assert value.item() == pytest.approx(expected.item(), rel=1e-10)
+    torch.testing.assert_close(grad_map, expected_map, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(grad_adapter, expected_adapter, rtol=1e-8, atol=1e-10)
