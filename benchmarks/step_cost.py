@@ -55,7 +55,7 @@ def _cpu_call(fn) -> float:
     return time.process_time() - start
 
 
-def _step(model, batches):
+def training_step_call(model, batches):
     """One training step per call, alternating the batches: each step sees new camera matrices, so no
     lift reuses the splat structure of the step before (a real epoch never repeats a batch)."""
     order = itertools.cycle(batches)
@@ -113,17 +113,17 @@ def step_cost_lines(root: str, teacher_checkpoint, repeats: int = 9, timer=timed
     torch.manual_seed(0)
     baseline = build_model(load_config(str(ROOT / BASELINE), overrides)["model"]).train()
     distiller = build_model(cfg["model"]).train()
-    cases = {"baseline": _step(baseline, batches), "tig": _step(distiller, batches),
+    cases = {"baseline": training_step_call(baseline, batches), "tig": training_step_call(distiller, batches),
              "losses 8": _losses_call(distiller, batches[0], 8), "losses 24": _losses_call(distiller, batches[0], 24)}
     torch.manual_seed(0)
-    cases["simdistill student"] = _step(build_model(load_config(str(ROOT / SIMDISTILL_STUDENT), overrides)["model"]).train(), batches)
+    cases["simdistill student"] = training_step_call(build_model(load_config(str(ROOT / SIMDISTILL_STUDENT), overrides)["model"]).train(), batches)
     teacher = cfg["model"]["teacher"]
     for name, config in DISTILLERS.items():
         other = load_config(str(ROOT / config), overrides)
         own = other["model"]["teacher"] == teacher and has_teacher
         other["model"]["teacher_checkpoint"] = str(teacher_checkpoint) if own else None
         torch.manual_seed(0)
-        cases[name] = _step(build_model(other["model"]).train(), batches)
+        cases[name] = training_step_call(build_model(other["model"]).train(), batches)
     times = interleaved_times(cases, repeats, timer)
 
     def ms(name: str) -> float:

@@ -20,7 +20,6 @@ import copy
 import itertools
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -38,6 +37,7 @@ from mmdet3d.models.distillers.losses.tig import (box_lattice_points, gram_relat
 from mmdet3d.models.layers import OneChannelConv1x1  # noqa: E402
 from mmdet3d.models.vtransforms import PoolStructureCache, points_to_depth_image  # noqa: E402
 from mmdet3d.utils.config import load_config  # noqa: E402
+from step_cost import interleaved_times, training_step_call  # noqa: E402
 
 TIG = "configs/synthetic/distill/tig/convfuser.yaml"
 
@@ -124,14 +124,6 @@ def main() -> int:
                 model.teacher.extract_features(current)
         return run
 
-    def step(model):
-        order = itertools.cycle(batches)
-
-        def run():
-            model.zero_grad(set_to_none=True)
-            sum(model(next(order)).values()).backward()
-        return run
-
     bev = models["fast"].student.forward_features(batch)[0]["decoder_out"].detach().requires_grad_()
     bev_range = models["fast"].context["bev_range"]
 
@@ -165,16 +157,9 @@ def main() -> int:
     rows += [(f"TiG keypoint sampler, lattice {s} (fwd + bwd)", sampler(sample_box_keypoints, s), sampler(grid_sample_keypoints, s))
              for s in (8, 24)]
     rows.append(("TiG relation terms, 80 boxes x 128 channels x 64 keypoints (fwd + bwd)", relations(True), relations(False)))
-    rows.append(("TiG distillation step (fwd + bwd)", step(models["fast"]), step(models["plain"])))
-    times = {(i, v): [] for i in range(len(rows)) for v in (0, 1)}
-    for i, (_, fast, plain) in enumerate(rows):
-        fast(), plain()
-    for _ in range(args.repeats):
-        for i, (_, fast, plain) in enumerate(rows):
-            for v, fn in enumerate((fast, plain)):
-                start = time.perf_counter()
-                fn()
-                times[i, v].append(time.perf_counter() - start)
+    rows.append(("TiG distillation step (fwd + bwd)", training_step_call(models["fast"], batches),
+                 training_step_call(models["plain"], batches)))
+    times = interleaved_times({(i, v): fn for i, (_, *variants) in enumerate(rows) for v, fn in enumerate(variants)}, args.repeats)
     print(f"{args.threads} thread(s), median of {args.repeats}; batch {len(batch['img'])}; "
           f"{models['fast'].teacher_batchnorms_folded} teacher BatchNorm layers folded\n")
     print("| what | now (ms) | before (ms) | now / before |\n|---|---|---|---|")

@@ -24,12 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from mmdet3d.datasets.synthetic.rig import quaternion_to_yaw  # noqa: E402
+
 STATIC_CLASSES = ("barrier", "traffic_cone")  # the devkit gives them no velocity
-
-
-def _yaw(quaternion) -> float:
-    w, x, y, z = quaternion
-    return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
 
 
 def matched_pairs(results: dict, ground_truth: dict, score: float) -> dict[str, list[tuple]]:
@@ -56,7 +53,7 @@ def matched_pairs(results: dict, ground_truth: dict, score: float) -> dict[str, 
                 continue
             speed, pred_speed = float(np.linalg.norm(v_gt)), float(np.linalg.norm(v_pred))
             cosine = float(v_gt @ v_pred / (speed * pred_speed + 1e-9))
-            heading = abs((_yaw(det["rotation"]) - _yaw(gt["rotation"]) + np.pi) % (2 * np.pi) - np.pi)
+            heading = abs((quaternion_to_yaw(det["rotation"]) - quaternion_to_yaw(gt["rotation"]) + np.pi) % (2 * np.pi) - np.pi)
             pairs[gt["name"]].append((speed, pred_speed, float(np.linalg.norm(v_gt - v_pred)), cosine, heading))
     return pairs
 

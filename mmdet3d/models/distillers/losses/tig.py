@@ -108,9 +108,9 @@ def sample_box_keypoints(bev: torch.Tensor, boxes: Sequence[torch.Tensor], bev_r
     ``min + (i + 0.5) * cell``; boxes: B tensors (K_b, >=7). Points off the map sample zeros (the
     map is zero-padded), as ``grid_sample(align_corners=False, padding_mode="zeros")``. The
     samples are one sparse (K*M, B*X*Y) matrix of bilinear weights (4 per keypoint) times the map:
-    the same values, and a backward that is a sparse product too, several times cheaper on CPU
-    than ``grid_sample``'s. ``matrix``: that of ``box_keypoint_matrix`` for these boxes and grid,
-    when several maps are sampled.
+    the same values, and a backward (``_BilinearSample``) several times cheaper on CPU than
+    ``grid_sample``'s. ``matrix``: that of ``box_keypoint_matrix`` for these boxes and grid, when
+    several maps are sampled.
     """
     batch_size, channels, size_x, size_y = bev.shape
     m = lattice * lattice
