@@ -102,3 +102,65 @@ def test_sweep_points_reach_the_encoder_with_dynamic_pillars(tmp_path_factory):
     print(f"sweep points reaching the encoder: hard pillars (10 points) {hard_share:.1%}, dynamic {dynamic_share:.1%}")
     assert hard_share < 0.4  # the keyframe's points come first and fill the pillars
     assert dynamic_share == 1.0
+
+
+def _reference_sweep_stats(net: DynamicPillarFeatureNet, points, coords, edges):
+    """Per pillar, per lag bin (lag <= edge), from the definition: share of the pillar's points, mean
+    x/y offset to the pillar centre in pillar widths, zeros for an empty bin."""
+    out = {}
+    bounds = [-float("inf")] + list(edges) + [float("inf")]
+    for key in sorted({tuple(c) for c in coords[:, :3].tolist()}):
+        p = points[(coords[:, :3] == torch.tensor(key)).all(1)]
+        centre = (torch.tensor(key[1:3], dtype=p.dtype) + 0.5) * net.voxel_size + net.grid_origin
+        row = []
+        for low, high in zip(bounds[:-1], bounds[1:]):
+            q = p[(p[:, 4] > low) & (p[:, 4] <= high)]
+            mean = (q[:, :2].mean(0) - centre) / net.voxel_size if len(q) else torch.zeros(2)
+            row += [len(q) / len(p), float(mean[0]), float(mean[1])]
+        out[key] = torch.tensor(row)
+    return out
+
+
+@pytest.mark.parametrize("feat_channels,train", [([16], False), ([8, 16], True)])
+def test_sweep_stats_equal_a_per_pillar_loop(feat_channels, train):
+    """The per-sweep statistics follow the PFN's features on both paths (one-layer eval shortcut and
+    the per-point path), with a voxel size that is not square so that an x/y swap shows."""
+    torch.manual_seed(0)
+    edges = [0.075, 0.225, 0.375]
+    net = DynamicPillarFeatureNet(in_channels=5, feat_channels=feat_channels, point_cloud_range=[-4, -4, -5, 4, 4, 3],
+                                  voxel_size=[1.0, 2.0, 8.0], time_lag_bins=edges)
+    net.train(train)
+    assert net.out_channels == feat_channels[-1] + 12
+    lags = torch.tensor([0.0, 0.15, 0.3, 0.45])[torch.randint(0, 4, (300,))]
+    points = torch.cat([torch.rand(300, 3) * torch.tensor([8.0, 8.0, 4.0]) - torch.tensor([4.0, 4.0, 2.0]),
+                        torch.rand(300, 1), lags[:, None]], 1)
+    voxelizer = DynamicVoxelization(voxel_size=[1.0, 2.0, 8.0], point_cloud_range=[-4, -4, -5, 4, 4, 3])
+    kept, coords, _ = voxelizer([points[:180], points[180:]])
+    coords = coords[:, [0, 3, 2, 1]]
+    with torch.no_grad():
+        feats, pillars = net(kept, None, coords)
+    expected = _reference_sweep_stats(net, kept, coords, edges)
+    assert feats.shape == (len(expected), net.out_channels)
+    for row, key in zip(feats[:, feat_channels[-1]:], pillars[:, :3].tolist()):
+        torch.testing.assert_close(row, expected[tuple(key)], rtol=1e-5, atol=1e-6)
+
+
+def test_sweep_stats_show_motion_inside_one_pillar():
+    """A pedestrian-like cluster moving +x at 1.3 m/s (0.6 m over the sweeps, less than a pillar):
+    the per-bin mean x offset falls with the lag, by v * lag / pillar width; y stays put."""
+    torch.manual_seed(0)
+    net = DynamicPillarFeatureNet(in_channels=5, feat_channels=[4], point_cloud_range=PC_RANGE, voxel_size=VOXEL,
+                                  time_lag_bins=[0.075, 0.225, 0.375]).eval()
+    lags = torch.tensor([0.0, 0.15, 0.3, 0.45]).repeat_interleave(50)
+    body = (torch.rand(200, 2) - 0.5) * 0.1 + torch.tensor([0.72, 0.4])  # the pillar [0, 0.8) m, at every lag
+    xy = body - torch.stack([1.3 * lags, torch.zeros_like(lags)], 1)
+    points = torch.cat([xy, torch.zeros(200, 1), torch.ones(200, 1), lags[:, None]], 1)
+    kept, coords, _ = DynamicVoxelization(voxel_size=VOXEL, point_cloud_range=PC_RANGE)([points])
+    with torch.no_grad():
+        feats, pillars = net(kept, None, coords[:, [0, 3, 2, 1]])
+    assert len(pillars) == 1
+    stats = feats[0, 4:].view(4, 3)
+    torch.testing.assert_close(stats[:, 0], torch.full((4,), 0.25))
+    torch.testing.assert_close(stats[:, 1] - stats[0, 1], -1.3 * torch.tensor([0.0, 0.15, 0.3, 0.45]) / 0.8,
+                               atol=0.03, rtol=0)
+    assert stats[:, 2].abs().max() < 0.05
