@@ -12,13 +12,17 @@ TiG student (the BEVDepth-style student plus the TiG losses, teacher frozen), th
 LGKD (camera+LiDAR teacher, and the larger camera-only teacher, trained once first) and
 self-assessment (anchor and sequence-level) students, all with the same schedule, each evaluated
 through the devkit at the end of its training. A run
-whose final evaluation is in its ``log.jsonl`` is reused; an interrupted one resumes from its
-``latest.pth``. The table (mean and half-range over seeds) goes into ``benchmarks/RESULTS.md``
+whose final evaluation is in its ``log.jsonl`` is reused, unless it is stale: its saved
+``configs.yaml`` differs from what its config gives now (model or schedule), or, for a student, the
+teacher checkpoint it was distilled from (sha256 in its ``teacher.json``) is not the current one.
+A stale run is moved aside to ``<run>.stale-<time>`` and retrained (``--finished-only`` leaves it
+out of the table and says why); an interrupted run resumes from its ``latest.pth``. The table (mean and half-range over seeds) goes into ``benchmarks/RESULTS.md``
 between markers, with the command; the step-cost ratios are measured in this process.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -73,20 +77,68 @@ def final_metrics(run_dir: Path) -> dict | None:
     return metrics if metrics is not None and metrics.get("epoch") == epochs else None
 
 
+COMPARED_KEYS = ("model", "max_epochs", "optimizer", "optimizer_config", "lr_config")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stale_reason(config: str, run_dir: Path, overrides: list[str], teacher: Path | None) -> str | None:
+    """Why a finished run no longer stands for ``config`` (None when it does): the model or schedule
+    in its ``configs.yaml`` differs from the config's now, or its teacher checkpoint changed. A run
+    from before ``teacher.json`` existed counts as distilled from the current teacher checkpoint when
+    that file is older than the run's ``configs.yaml``; the fingerprint is then recorded."""
+    import yaml
+
+    from mmdet3d.utils.config import load_config
+
+    saved = yaml.safe_load((run_dir / "configs.yaml").read_text())
+    current = load_config(str(ROOT / config), overrides)
+    for cfg in (saved, current):  # where the teacher checkpoint lies is not what it is: its sha256 below
+        cfg.get("model", {}).pop("teacher_checkpoint", None)
+    changed = [key for key in COMPARED_KEYS if saved.get(key) != current.get(key)]
+    if changed:
+        return f"its configs.yaml differs from {config} now in {', '.join(changed)}"
+    if teacher is None:
+        return None
+    record, sha = run_dir / "teacher.json", file_sha256(teacher)
+    if record.is_file():
+        trained_with = json.loads(record.read_text()).get("sha256")
+        return None if trained_with == sha else f"distilled from another checkpoint than {teacher} (sha256 {sha[:12]})"
+    if teacher.stat().st_mtime > (run_dir / "configs.yaml").stat().st_mtime:
+        return f"{teacher} was written after this run started"
+    record.write_text(json.dumps({"checkpoint": str(teacher), "sha256": sha}) + "\n")
+    return None
+
+
 class NotFinished(Exception):
     """``--finished-only``: a run that has not finished is left out of the table."""
 
 
-def train(config: str, run_dir: Path, root: str, seed: int, extra: list[str], finished_only: bool = False) -> dict:
+def train(config: str, run_dir: Path, root: str, seed: int, teacher: Path | None = None,
+          finished_only: bool = False) -> dict:
+    """Train ``config`` into ``run_dir`` (``teacher``: the checkpoint a distiller reads) or reuse it."""
+    overrides = ["--dataset_root", root.rstrip("/") + "/", "--seed", str(seed)]
+    if teacher is not None:
+        overrides += ["--model.teacher_checkpoint", str(teacher)]
     done = final_metrics(run_dir)
-    if done is not None:
+    stale = None if done is None else stale_reason(config, run_dir, overrides, teacher)
+    if done is not None and stale is None:
         print(f"reusing {run_dir} (finished: mAP {done['mAP']:.4f}, NDS {done['NDS']:.4f})", flush=True)
         return done
     if finished_only:
-        print(f"not finished, left out (--finished-only): {run_dir}", flush=True)
+        print(f"left out (--finished-only): {run_dir}: {stale or 'not finished'}", flush=True)
         raise NotFinished(run_dir)
-    cmd = [sys.executable, str(ROOT / "tools/train.py"), config, "--run-dir", str(run_dir),
-           "--dataset_root", root.rstrip("/") + "/", "--seed", str(seed), *extra]
+    if stale is not None:
+        aside = run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        print(f"{run_dir} is stale ({stale}): moved to {aside}, training again", flush=True)
+        run_dir.rename(aside)
+    cmd = [sys.executable, str(ROOT / "tools/train.py"), config, "--run-dir", str(run_dir), *overrides]
     if (run_dir / "latest.pth").exists():
         cmd.append("--resume")
     print("$ " + " ".join(cmd[1:]), flush=True)
@@ -98,6 +150,8 @@ def train(config: str, run_dir: Path, root: str, seed: int, extra: list[str], fi
     metrics["train_minutes"] = (time.time() - start) / 60
     with open(run_dir / "benchmark_time.json", "w") as f:
         json.dump({"train_minutes": metrics["train_minutes"]}, f)
+    if teacher is not None:
+        (run_dir / "teacher.json").write_text(json.dumps({"checkpoint": str(teacher), "sha256": file_sha256(teacher)}) + "\n")
     return metrics
 
 
@@ -162,19 +216,19 @@ def main() -> int:
             except NotFinished:
                 pass
 
-        add("teacher (camera+LiDAR)", TEACHER, teacher_dir, args.root, 0, [])
+        add("teacher (camera+LiDAR)", TEACHER, teacher_dir, args.root, 0)
         if args.lidar_teacher:
-            add("LiDAR-only teacher", LIDAR_TEACHER, run_root / run_name(LIDAR_TEACHER), args.root, 0, [])
+            add("LiDAR-only teacher", LIDAR_TEACHER, run_root / run_name(LIDAR_TEACHER), args.root, 0)
         teachers = {True: teacher_dir}
         for config in dict.fromkeys(t for _, t in MODELS.values() if isinstance(t, str)):
             teachers[config] = run_root / run_name(config)
-            add(OTHER_TEACHERS[config], config, teachers[config], args.root, 0, [])
+            add(OTHER_TEACHERS[config], config, teachers[config], args.root, 0)
         for seed in args.seeds:
             for name, (config, needs_teacher) in MODELS.items():
                 if needs_teacher and only and final_metrics(teachers[needs_teacher]) is None:
                     continue
-                extra = ["--model.teacher_checkpoint", str(teachers[needs_teacher] / "latest.pth")] if needs_teacher else []
-                add(name, config, run_root / f"{run_name(config)}_seed{seed}", args.root, seed, extra)
+                teacher = teachers[needs_teacher] / "latest.pth" if needs_teacher else None
+                add(name, config, run_root / f"{run_name(config)}_seed{seed}", args.root, seed, teacher)
         results = {name: runs for name, runs in results.items() if runs}
     from step_cost import step_cost_lines
 
