@@ -4,6 +4,7 @@
     python benchmarks/distillation.py --seeds 0          # one seed
     python benchmarks/distillation.py --step-cost-only   # only the training-step cost ratios
     python benchmarks/distillation.py --finished-only    # train nothing: the table of the finished runs
+    python benchmarks/distillation.py --models TiG ablation  # train only the rows naming these; table all current rows
 
 Generates the split when its info files are missing, trains the camera+LiDAR teacher once, then
 per seed the BEVDet-style baseline (no depth supervision), the BEVDepth-style baseline (dense
@@ -199,7 +200,15 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="print the table without editing RESULTS.md")
     parser.add_argument("--finished-only", action="store_true",
                         help="train nothing: tabulate the finished runs, each row with the seeds it has")
+    parser.add_argument("--models", nargs="+", default=None, metavar="WORD",
+                        help="train only the rows whose name contains one of these words (case-insensitive; the "
+                             "camera+LiDAR teacher always); the other rows are tabulated when finished and current")
     args = parser.parse_args()
+    if args.models:
+        names = list(MODELS) + list(OTHER_TEACHERS.values())
+        unmatched = [w for w in args.models if not any(w.lower() in n.lower() for n in names)]
+        if unmatched:
+            parser.error(f"--models {unmatched} match no row; the rows: {names}")
     start = time.time()
     command = "python benchmarks/distillation.py " + " ".join(sys.argv[1:])
     run_root = ROOT / args.run_root
@@ -211,8 +220,9 @@ def main() -> int:
         only = args.finished_only
 
         def add(name: str, *run) -> None:
+            chosen = name.startswith("teacher (") or not args.models or any(w.lower() in name.lower() for w in args.models)
             try:
-                results.setdefault(name, []).append(train(*run, finished_only=only))
+                results.setdefault(name, []).append(train(*run, finished_only=only or not chosen))
             except NotFinished:
                 pass
 

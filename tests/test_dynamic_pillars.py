@@ -16,8 +16,9 @@ PC_RANGE = [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0]
 VOXEL = [0.8, 0.8, 8.0]
 
 
-def _reference_pfn(net: DynamicPillarFeatureNet, points, coords):
-    """One pillar at a time, straight from the definition (eval mode: BN is a fixed affine map)."""
+def _reference_pfn(net: DynamicPillarFeatureNet, points, coords, stats=None):
+    """One pillar at a time, straight from the definition (eval mode: BN is a fixed affine map);
+    ``stats``: per-pillar values appended to each point's decoration."""
     out = {}
     for key in sorted({tuple(c) for c in coords[:, :3].tolist()}):
         rows = (coords[:, :3] == torch.tensor(key)).all(1)
@@ -26,6 +27,8 @@ def _reference_pfn(net: DynamicPillarFeatureNet, points, coords):
         x = torch.cat([p, p[:, :3] - p[:, :3].mean(0), p[:, :2] - centre], dim=1)
         if net.with_distance:
             x = torch.cat([x, p[:, :3].norm(dim=1, keepdim=True)], dim=1)
+        if stats is not None:
+            x = torch.cat([x, stats[key].to(p.dtype).expand(len(p), -1)], dim=1)
         for i, (linear, norm) in enumerate(zip(net.linears, net.norms)):
             x = torch.relu(norm(linear(x)))
             pooled = x.max(0, keepdim=True).values
@@ -121,28 +124,56 @@ def _reference_sweep_stats(net: DynamicPillarFeatureNet, points, coords, edges):
     return out
 
 
-@pytest.mark.parametrize("feat_channels,train", [([16], False), ([8, 16], True)])
-def test_sweep_stats_equal_a_per_pillar_loop(feat_channels, train):
-    """The per-sweep statistics follow the PFN's features on both paths (one-layer eval shortcut and
-    the per-point path), with a voxel size that is not square so that an x/y swap shows."""
+def _lagged_points(n: int = 300) -> torch.Tensor:
+    lags = torch.tensor([0.0, 0.15, 0.3, 0.45])[torch.randint(0, 4, (n,))]
+    return torch.cat([torch.rand(n, 3) * torch.tensor([8.0, 8.0, 4.0]) - torch.tensor([4.0, 4.0, 2.0]),
+                      torch.rand(n, 1), lags[:, None]], 1)
+
+
+def test_sweep_stats_equal_a_per_pillar_loop():
+    """A voxel size that is not square, so that an x/y swap shows."""
+    torch.manual_seed(0)
+    edges = [0.075, 0.225, 0.375]
+    net = DynamicPillarFeatureNet(in_channels=5, feat_channels=[16], point_cloud_range=[-4, -4, -5, 4, 4, 3],
+                                  voxel_size=[1.0, 2.0, 8.0], time_lag_bins=edges)
+    points = _lagged_points()
+    kept, coords, _ = DynamicVoxelization(voxel_size=[1.0, 2.0, 8.0], point_cloud_range=[-4, -4, -5, 4, 4, 3])(
+        [points[:180], points[180:]])
+    stats, pillars = net.sweep_stats(kept, coords[:, [0, 3, 2, 1]])
+    expected = _reference_sweep_stats(net, kept, coords[:, [0, 3, 2, 1]], edges)
+    assert stats.shape == (len(expected), 12)
+    for row, key in zip(stats, pillars[:, :3].tolist()):
+        torch.testing.assert_close(row, expected[tuple(key)], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("feat_channels,fold", [([16], False), ([16], True), ([8, 16], False)])
+def test_sweep_stats_decorate_every_point(feat_channels, fold):
+    """The statistics enter the PFN as per-point decorations on both paths (the one-layer eval
+    shortcut, where they are a per-pillar constant, and the per-point path); the width stays
+    ``feat_channels[-1]``."""
     torch.manual_seed(0)
     edges = [0.075, 0.225, 0.375]
     net = DynamicPillarFeatureNet(in_channels=5, feat_channels=feat_channels, point_cloud_range=[-4, -4, -5, 4, 4, 3],
                                   voxel_size=[1.0, 2.0, 8.0], time_lag_bins=edges)
-    net.train(train)
-    assert net.out_channels == feat_channels[-1] + 12
-    lags = torch.tensor([0.0, 0.15, 0.3, 0.45])[torch.randint(0, 4, (300,))]
-    points = torch.cat([torch.rand(300, 3) * torch.tensor([8.0, 8.0, 4.0]) - torch.tensor([4.0, 4.0, 2.0]),
-                        torch.rand(300, 1), lags[:, None]], 1)
-    voxelizer = DynamicVoxelization(voxel_size=[1.0, 2.0, 8.0], point_cloud_range=[-4, -4, -5, 4, 4, 3])
-    kept, coords, _ = voxelizer([points[:180], points[180:]])
+    for norm in net.norms:
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.uniform_(-1.5, 1.5)
+        norm.bias.data.uniform_(-0.5, 0.5)
+    net.eval()
+    reference_net = copy.deepcopy(net)
+    if fold:
+        fold_batchnorm(net)
+    assert net.out_channels == feat_channels[-1] and net.linears[0].in_features == 10 + 12
+    points = _lagged_points()
+    kept, coords, _ = DynamicVoxelization(voxel_size=[1.0, 2.0, 8.0], point_cloud_range=[-4, -4, -5, 4, 4, 3])(
+        [points[:180], points[180:]])
     coords = coords[:, [0, 3, 2, 1]]
     with torch.no_grad():
         feats, pillars = net(kept, None, coords)
-    expected = _reference_sweep_stats(net, kept, coords, edges)
-    assert feats.shape == (len(expected), net.out_channels)
-    for row, key in zip(feats[:, feat_channels[-1]:], pillars[:, :3].tolist()):
-        torch.testing.assert_close(row, expected[tuple(key)], rtol=1e-5, atol=1e-6)
+        expected = _reference_pfn(reference_net, kept, coords, _reference_sweep_stats(net, kept, coords, edges))
+    for row, key in zip(feats, pillars[:, :3].tolist()):
+        torch.testing.assert_close(row, expected[tuple(key)], rtol=1e-5, atol=1e-5)
 
 
 def test_sweep_stats_show_motion_inside_one_pillar():
@@ -156,10 +187,9 @@ def test_sweep_stats_show_motion_inside_one_pillar():
     xy = body - torch.stack([1.3 * lags, torch.zeros_like(lags)], 1)
     points = torch.cat([xy, torch.zeros(200, 1), torch.ones(200, 1), lags[:, None]], 1)
     kept, coords, _ = DynamicVoxelization(voxel_size=VOXEL, point_cloud_range=PC_RANGE)([points])
-    with torch.no_grad():
-        feats, pillars = net(kept, None, coords[:, [0, 3, 2, 1]])
+    stats, pillars = net.sweep_stats(kept, coords[:, [0, 3, 2, 1]])
     assert len(pillars) == 1
-    stats = feats[0, 4:].view(4, 3)
+    stats = stats[0].view(4, 3)
     torch.testing.assert_close(stats[:, 0], torch.full((4,), 0.25))
     torch.testing.assert_close(stats[:, 1] - stats[0, 1], -1.3 * torch.tensor([0.0, 0.15, 0.3, 0.45]) / 0.8,
                                atol=0.03, rtol=0)

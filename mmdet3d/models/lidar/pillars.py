@@ -44,6 +44,7 @@ class PillarFeatureNet(nn.Module):
         with_cluster_center: bool = True,
         with_voxel_center: bool = True,
         with_distance: bool = False,
+        pillar_point_features: int = 0,
     ):
         super().__init__()
         self.in_channels = in_channels
@@ -52,7 +53,8 @@ class PillarFeatureNet(nn.Module):
             with_cluster_center, with_voxel_center, with_distance)
         self.register_buffer("voxel_size", torch.tensor(voxel_size[:2], dtype=torch.float32), persistent=False)
         self.register_buffer("grid_origin", torch.tensor(point_cloud_range[:2], dtype=torch.float32), persistent=False)
-        width = in_channels + 3 * with_cluster_center + 2 * with_voxel_center + with_distance
+        # pillar_point_features: per-pillar values a subclass appends to each point's decoration
+        width = in_channels + 3 * with_cluster_center + 2 * with_voxel_center + with_distance + pillar_point_features
         self.linears, self.norms = nn.ModuleList(), nn.ModuleList()
         for i, out in enumerate(feat_channels):
             last = i == len(feat_channels) - 1
@@ -111,41 +113,46 @@ class DynamicPillarFeatureNet(PillarFeatureNet):
     ``(b, x, y)`` order. Takes the output of ``DynamicVoxelization`` (``num_points`` is unused).
 
     ``time_lag_bins`` (upper edges in seconds, e.g. ``[0.075, 0.225, 0.375]`` for the keyframe and
-    sweeps at 0.15 / 0.3 / 0.45 s) appends per-sweep pillar statistics: for each lag bin, the share of
-    the pillar's points in it and their mean x/y offset to the pillar centre in pillar widths (0 where
-    the bin is empty). An object's motion within 0.45 s is often less than a pillar (a pedestrian:
-    0.6 m); a max over decorated points hides which end of a pillar the old points are at, the
-    per-bin means show it directly. ``time_lag_column`` is the lag's column in the point features.
+    sweeps at 0.15 / 0.3 / 0.45 s) adds per-sweep pillar statistics to every point's decoration
+    (``sweep_stats``): for each lag bin, the share of the pillar's points in it and their mean x/y
+    offset to the pillar centre in pillar widths (0 where the bin is empty). An object's motion
+    within 0.45 s is often less than a pillar (a pedestrian: 0.6 m); a max over decorated points
+    hides which end of a pillar the old points are at, the per-bin means show it directly. The
+    output width stays ``feat_channels[-1]``. ``time_lag_column``: the lag's column in the points.
     """
 
     def __init__(self, *args, time_lag_bins: Sequence[float] | None = None, time_lag_column: int = 4, **kwargs):
-        super().__init__(*args, **kwargs)
         edges = [] if time_lag_bins is None else [float(t) for t in time_lag_bins]
         if any(b <= a for a, b in zip(edges, edges[1:])):
             raise ValueError(f"DynamicPillarFeatureNet: time_lag_bins must increase, got {edges}")
+        num_lag_bins = len(edges) + 1 if edges else 0
+        super().__init__(*args, pillar_point_features=3 * num_lag_bins, **kwargs)
         if edges and not 0 <= time_lag_column < self.in_channels:
             raise ValueError(f"DynamicPillarFeatureNet: time_lag_column {time_lag_column} is not one of the "
                              f"{self.in_channels} point features")
-        self.time_lag_column = time_lag_column
+        self.time_lag_column, self.num_lag_bins = time_lag_column, num_lag_bins
         self.register_buffer("time_lag_bins", torch.tensor(edges, dtype=torch.float32), persistent=False)
-        self.num_lag_bins = len(edges) + 1 if edges else 0
-        self.out_channels = self.out_channels + 3 * self.num_lag_bins
+
+    def _pillars(self, coords: torch.Tensor, dtype: torch.dtype):
+        """Per-point coords (P, 4) -> each point's pillar (P,), point counts (V,), pillar coords
+        (V, 4) in ``(b, x, y)`` order and pillar centres (V, 2) in metres."""
+        num_x, num_y = self.grid_size
+        pillars, inverse = _pillar_index((coords[:, 0] * num_x + coords[:, 1]) * num_y + coords[:, 2])
+        counts = torch.bincount(inverse, minlength=pillars.numel()).clamp(min=1).to(dtype)
+        pillar_coords = torch.stack(
+            [pillars // (num_x * num_y), (pillars // num_y) % num_x, pillars % num_y, torch.zeros_like(pillars)], dim=1)
+        centre = (pillar_coords[:, 1:3].to(dtype) + 0.5) * self.voxel_size + self.grid_origin
+        return inverse, counts, pillar_coords, centre
 
     def forward(self, points: torch.Tensor, num_points: torch.Tensor | None, coords: torch.Tensor):
-        num_x, num_y = self.grid_size
-        key = (coords[:, 0] * num_x + coords[:, 1]) * num_y + coords[:, 2]
-        pillars, inverse = _pillar_index(key)  # (V,), (P,)
-        num_pillars = pillars.numel()
-        counts = torch.bincount(inverse, minlength=num_pillars).clamp(min=1).to(points.dtype)
+        inverse, counts, pillar_coords, centre = self._pillars(coords, points.dtype)
+        num_pillars = counts.numel()
         mean = None
         if self.with_cluster_center:
             mean = points.new_zeros(num_pillars, 3).index_add_(0, inverse, points[:, :3]) / counts[:, None]
-        pillar_coords = torch.stack(
-            [pillars // (num_x * num_y), (pillars // num_y) % num_x, pillars % num_y, torch.zeros_like(pillars)], dim=1)
-        centre = (pillar_coords[:, 1:3].to(points.dtype) + 0.5) * self.voxel_size + self.grid_origin  # (V, 2)
-        stats = [self._sweep_stats(points, inverse, counts, centre)] if self.num_lag_bins else []
+        stats = self._sweep_stats(points, inverse, counts, centre) if self.num_lag_bins else None
         if len(self.linears) == 1 and not self.training:
-            return torch.cat([self._pool_affine(points, inverse, mean, centre)] + stats, dim=1), pillar_coords
+            return self._pool_affine(points, inverse, mean, centre, stats), pillar_coords
         features = [points]
         if self.with_cluster_center:
             features.append(points[:, :3] - mean[inverse])
@@ -153,12 +160,19 @@ class DynamicPillarFeatureNet(PillarFeatureNet):
             features.append(points[:, :2] - centre[inverse])
         if self.with_distance:
             features.append(points[:, :3].norm(dim=-1, keepdim=True))
+        if stats is not None:
+            features.append(stats[inverse])
         x = torch.cat(features, dim=-1)
         for i, (linear, norm) in enumerate(zip(self.linears, self.norms)):
             x = torch.relu(norm(linear(x)))  # (P, C)
             pooled = _scatter_max(x, inverse, num_pillars)
             x = torch.cat([x, pooled[inverse]], dim=-1) if i < len(self.linears) - 1 else pooled
-        return torch.cat([x] + stats, dim=1), pillar_coords
+        return x, pillar_coords
+
+    def sweep_stats(self, points: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-sweep statistics alone: (V, 3 * bins) per pillar and the pillar coords (V, 4)."""
+        inverse, counts, pillar_coords, centre = self._pillars(coords, points.dtype)
+        return self._sweep_stats(points, inverse, counts, centre), pillar_coords
 
     def _sweep_stats(self, points, inverse, counts, centre) -> torch.Tensor:
         """(V, 3 * bins): per lag bin, the share of the pillar's points and their mean x/y offset to
@@ -173,7 +187,7 @@ class DynamicPillarFeatureNet(PillarFeatureNet):
                            sums[:, 1:] / in_bin.clamp(min=1)], dim=1)
         return stats.view(centre.shape[0], 3 * self.num_lag_bins)
 
-    def _pool_affine(self, points, inverse, mean, centre) -> torch.Tensor:
+    def _pool_affine(self, points, inverse, mean, centre, stats=None) -> torch.Tensor:
         """One layer with a fixed affine norm (eval or folded): the same values with no per-point decoration.
 
         ``relu(norm(W @ [p, p - mean, p - centre]))`` is affine in ``p`` plus a per-pillar constant,
@@ -201,6 +215,9 @@ class DynamicPillarFeatureNet(PillarFeatureNet):
         per_point = points @ point_weight.t()  # (P, C)
         if self.with_distance:
             per_point = per_point + points[:, :3].norm(dim=-1, keepdim=True) * weight[:, col]
+            col += 1
+        if stats is not None:  # per-pillar decorations: a per-pillar constant
+            pillar_bias = pillar_bias + stats @ weight[:, col:].t()
         return torch.relu(_scatter_max(per_point, inverse, centre.shape[0]) + pillar_bias)
 
 
