@@ -108,8 +108,8 @@ def sample_box_keypoints(bev: torch.Tensor, boxes: Sequence[torch.Tensor], bev_r
     ``min + (i + 0.5) * cell``; boxes: B tensors (K_b, >=7). Points off the map sample zeros (the
     map is zero-padded), as ``grid_sample(align_corners=False, padding_mode="zeros")``. The
     samples are one sparse (K*M, B*X*Y) matrix of bilinear weights (4 per keypoint) times the map:
-    the same values, and a backward (``_BilinearSample``) several times cheaper on CPU than
-    ``grid_sample``'s. ``matrix``: that of ``box_keypoint_matrix`` for these boxes and grid, when
+    the same values, computed as row gathers (``_BilinearSample``), with a backward several times
+    cheaper on CPU than ``grid_sample``'s. ``matrix``: that of ``box_keypoint_matrix`` for these boxes and grid, when
     several maps are sampled.
     """
     batch_size, channels, size_x, size_y = bev.shape
@@ -122,22 +122,35 @@ def sample_box_keypoints(bev: torch.Tensor, boxes: Sequence[torch.Tensor], bev_r
     return _BilinearSample.apply(flat, matrix).view(-1, m, channels).transpose(1, 2)  # (K*M, C) -> (K, C, M)
 
 
-# Up to this many scattered values (4 per keypoint x channels) the backward is an ``index_add_``;
-# above it (the paper's lattice 24) the transposed sparse product, whose CSR transpose then costs
-# less than the scatter's (rows * 4, C) temporary.
+# Up to this many scattered values (4 per keypoint x channels) the backward is an ``index_add_``
+# per corner; above it (the paper's lattice 24) the transposed sparse product, whose CSR transpose
+# then costs less than the scatter's (rows, C) temporaries.
 _INDEX_ADD_MAX_ELEMENTS = 1 << 22
 
 
+def _corners(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 4-entries-per-row CSR of ``box_keypoint_matrix`` -> its columns (4, R) and weights
+    (4, R, 1), corner-major: each corner is one contiguous row gather."""
+    rows = matrix.shape[0]
+    cols = matrix.col_indices().view(rows, 4).t().contiguous()
+    return cols, matrix.values().view(rows, 4).t().contiguous()[..., None]
+
+
 class _BilinearSample(torch.autograd.Function):
-    """``matrix @ flat`` for the 4-entries-per-row CSR of ``box_keypoint_matrix``; the backward
-    scatters each keypoint's gradient onto its 4 cells (``index_add_``) for the lattices of the
-    synthetic configs, cheaper on CPU than the transposed sparse product autograd would form."""
+    """``matrix @ flat`` for the 4-entries-per-row CSR of ``box_keypoint_matrix``, as four row
+    gathers of ``flat`` weighted and summed (on CPU about 2.5x faster than ``torch.sparse.mm`` on
+    this CSR); the backward scatters each keypoint's gradient onto its 4 cells, one
+    ``index_add_`` per corner, for the lattices of the synthetic configs."""
 
     @staticmethod
     def forward(ctx, flat: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-        ctx.matrix = matrix
+        cols, weights = _corners(matrix)
+        ctx.matrix, ctx.cols, ctx.weights = matrix, cols, weights
         ctx.num_cells = flat.shape[0]
-        return torch.sparse.mm(matrix, flat)
+        out = flat.index_select(0, cols[0]).mul_(weights[0])
+        for corner in range(1, 4):
+            out.addcmul_(flat.index_select(0, cols[corner]), weights[corner])
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -145,10 +158,13 @@ class _BilinearSample(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None
         matrix, channels = ctx.matrix, grad.shape[1]
+        grad = grad.contiguous()
         if matrix.values().numel() * channels > _INDEX_ADD_MAX_ELEMENTS:
-            return torch.sparse.mm(matrix.t().to_sparse_csr(), grad.contiguous()), None
-        src = (matrix.values().view(-1, 4, 1) * grad.view(-1, 1, channels)).reshape(-1, channels)
-        return grad.new_zeros(ctx.num_cells, channels).index_add_(0, matrix.col_indices(), src), None
+            return torch.sparse.mm(matrix.t().to_sparse_csr(), grad), None
+        out = grad.new_zeros(ctx.num_cells, channels)
+        for corner in range(4):
+            out.index_add_(0, ctx.cols[corner], grad * ctx.weights[corner])
+        return out, None
 
 
 def relation_loss(student_relation: torch.Tensor, teacher_relation: torch.Tensor) -> torch.Tensor:
