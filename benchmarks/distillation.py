@@ -13,11 +13,12 @@ TiG student (the BEVDepth-style student plus the TiG losses, teacher frozen), th
 LGKD (camera+LiDAR teacher, and the larger camera-only teacher, trained once first) and
 self-assessment (anchor and sequence-level) students, all with the same schedule, each evaluated
 through the devkit at the end of its training. A run
-whose final evaluation is in its ``log.jsonl`` is reused, unless it is stale: its saved
+whose final evaluation is in its ``log.jsonl`` is reused, and an interrupted one resumes from its
+``latest.pth``, unless it is stale: its saved
 ``configs.yaml`` differs from what its config gives now (model or schedule), or, for a student, the
 teacher checkpoint it was distilled from (sha256 in its ``teacher.json``) is not the current one.
 A stale run is moved aside to ``<run>.stale-<time>`` and retrained (``--finished-only`` leaves it
-out of the table and says why); an interrupted run resumes from its ``latest.pth``. The table (mean and half-range over seeds) goes into ``benchmarks/RESULTS.md``
+out of the table and says why). The table (mean and half-range over seeds) goes into ``benchmarks/RESULTS.md``
 between markers, with the command; the step-cost ratios are measured in this process.
 """
 from __future__ import annotations
@@ -128,18 +129,22 @@ def train(config: str, run_dir: Path, root: str, seed: int, teacher: Path | None
     if teacher is not None:
         overrides += ["--model.teacher_checkpoint", str(teacher)]
     done = final_metrics(run_dir)
-    stale = None if done is None else stale_reason(config, run_dir, overrides, teacher)
+    # a finished run or an interrupted one (it would resume) must still stand for config and teacher
+    stale = stale_reason(config, run_dir, overrides, teacher) if (run_dir / "configs.yaml").is_file() else None
     if done is not None and stale is None:
         print(f"reusing {run_dir} (finished: mAP {done['mAP']:.4f}, NDS {done['NDS']:.4f})", flush=True)
         return done
     if finished_only:
-        print(f"left out (--finished-only): {run_dir}: {stale or 'not finished'}", flush=True)
+        print(f"left out: {run_dir}: {stale or 'not finished'}", flush=True)
         raise NotFinished(run_dir)
     if stale is not None:
         aside = run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
         print(f"{run_dir} is stale ({stale}): moved to {aside}, training again", flush=True)
         run_dir.rename(aside)
     cmd = [sys.executable, str(ROOT / "tools/train.py"), config, "--run-dir", str(run_dir), *overrides]
+    if teacher is not None:  # before training, so that an interrupted run knows its teacher too
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "teacher.json").write_text(json.dumps({"checkpoint": str(teacher), "sha256": file_sha256(teacher)}) + "\n")
     if (run_dir / "latest.pth").exists():
         cmd.append("--resume")
     print("$ " + " ".join(cmd[1:]), flush=True)
@@ -151,8 +156,6 @@ def train(config: str, run_dir: Path, root: str, seed: int, teacher: Path | None
     metrics["train_minutes"] = (time.time() - start) / 60
     with open(run_dir / "benchmark_time.json", "w") as f:
         json.dump({"train_minutes": metrics["train_minutes"]}, f)
-    if teacher is not None:
-        (run_dir / "teacher.json").write_text(json.dumps({"checkpoint": str(teacher), "sha256": file_sha256(teacher)}) + "\n")
     return metrics
 
 

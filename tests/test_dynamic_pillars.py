@@ -120,6 +120,11 @@ def _reference_sweep_stats(net: DynamicPillarFeatureNet, points, coords, edges):
             q = p[(p[:, 4] > low) & (p[:, 4] <= high)]
             mean = (q[:, :2].mean(0) - centre) / net.voxel_size if len(q) else torch.zeros(2)
             row += [len(q) / len(p), float(mean[0]), float(mean[1])]
+        if net.lag_velocity:  # least squares of xy on the lag, in float64
+            lag, xy = p[:, 4].double(), p[:, :2].double()
+            var = ((lag - lag.mean()) ** 2).mean()
+            cov = ((lag - lag.mean())[:, None] * (xy - xy.mean(0))).mean(0)
+            row += (-cov / var).tolist() if var > 1e-4 else [0.0, 0.0]
         out[key] = torch.tensor(row)
     return out
 
@@ -130,20 +135,21 @@ def _lagged_points(n: int = 300) -> torch.Tensor:
                       torch.rand(n, 1), lags[:, None]], 1)
 
 
-def test_sweep_stats_equal_a_per_pillar_loop():
+@pytest.mark.parametrize("lag_velocity", [False, True])
+def test_sweep_stats_equal_a_per_pillar_loop(lag_velocity):
     """A voxel size that is not square, so that an x/y swap shows."""
     torch.manual_seed(0)
     edges = [0.075, 0.225, 0.375]
     net = DynamicPillarFeatureNet(in_channels=5, feat_channels=[16], point_cloud_range=[-4, -4, -5, 4, 4, 3],
-                                  voxel_size=[1.0, 2.0, 8.0], time_lag_bins=edges)
+                                  voxel_size=[1.0, 2.0, 8.0], time_lag_bins=edges, lag_velocity=lag_velocity)
     points = _lagged_points()
     kept, coords, _ = DynamicVoxelization(voxel_size=[1.0, 2.0, 8.0], point_cloud_range=[-4, -4, -5, 4, 4, 3])(
         [points[:180], points[180:]])
     stats, pillars = net.sweep_stats(kept, coords[:, [0, 3, 2, 1]])
     expected = _reference_sweep_stats(net, kept, coords[:, [0, 3, 2, 1]], edges)
-    assert stats.shape == (len(expected), 12)
+    assert stats.shape == (len(expected), 12 + 2 * lag_velocity)
     for row, key in zip(stats, pillars[:, :3].tolist()):
-        torch.testing.assert_close(row, expected[tuple(key)], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(row, expected[tuple(key)], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("feat_channels,fold", [([16], False), ([16], True), ([8, 16], False)])
@@ -178,10 +184,11 @@ def test_sweep_stats_decorate_every_point(feat_channels, fold):
 
 def test_sweep_stats_show_motion_inside_one_pillar():
     """A pedestrian-like cluster moving +x at 1.3 m/s (0.6 m over the sweeps, less than a pillar):
-    the per-bin mean x offset falls with the lag, by v * lag / pillar width; y stays put."""
+    the per-bin mean x offset falls with the lag, by v * lag / pillar width; y stays put; the
+    least-squares velocity is (1.3, 0) m/s."""
     torch.manual_seed(0)
     net = DynamicPillarFeatureNet(in_channels=5, feat_channels=[4], point_cloud_range=PC_RANGE, voxel_size=VOXEL,
-                                  time_lag_bins=[0.075, 0.225, 0.375]).eval()
+                                  time_lag_bins=[0.075, 0.225, 0.375], lag_velocity=True).eval()
     lags = torch.tensor([0.0, 0.15, 0.3, 0.45]).repeat_interleave(50)
     body = (torch.rand(200, 2) - 0.5) * 0.1 + torch.tensor([0.72, 0.4])  # the pillar [0, 0.8) m, at every lag
     xy = body - torch.stack([1.3 * lags, torch.zeros_like(lags)], 1)
@@ -189,7 +196,9 @@ def test_sweep_stats_show_motion_inside_one_pillar():
     kept, coords, _ = DynamicVoxelization(voxel_size=VOXEL, point_cloud_range=PC_RANGE)([points])
     stats, pillars = net.sweep_stats(kept, coords[:, [0, 3, 2, 1]])
     assert len(pillars) == 1
-    stats = stats[0].view(4, 3)
+    velocity = stats[0, 12:]
+    torch.testing.assert_close(velocity, torch.tensor([1.3, 0.0]), atol=0.05, rtol=0)
+    stats = stats[0, :12].view(4, 3)
     torch.testing.assert_close(stats[:, 0], torch.full((4,), 0.25))
     torch.testing.assert_close(stats[:, 1] - stats[0, 1], -1.3 * torch.tensor([0.0, 0.15, 0.3, 0.45]) / 0.8,
                                atol=0.03, rtol=0)

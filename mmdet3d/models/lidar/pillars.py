@@ -119,14 +119,21 @@ class DynamicPillarFeatureNet(PillarFeatureNet):
     within 0.45 s is often less than a pillar (a pedestrian: 0.6 m); a max over decorated points
     hides which end of a pillar the old points are at, the per-bin means show it directly. The
     output width stays ``feat_channels[-1]``. ``time_lag_column``: the lag's column in the points.
+    ``lag_velocity`` adds the pillar's least-squares motion, ``-cov(lag, xy) / var(lag)`` over its
+    points in m/s (0 where all its points share one lag): a static surface gives 0, an object that
+    fills the pillar its velocity, so the head reads the motion without inferring it from the bins.
     """
 
-    def __init__(self, *args, time_lag_bins: Sequence[float] | None = None, time_lag_column: int = 4, **kwargs):
+    def __init__(self, *args, time_lag_bins: Sequence[float] | None = None, time_lag_column: int = 4,
+                 lag_velocity: bool = False, **kwargs):
         edges = [] if time_lag_bins is None else [float(t) for t in time_lag_bins]
         if any(b <= a for a, b in zip(edges, edges[1:])):
             raise ValueError(f"DynamicPillarFeatureNet: time_lag_bins must increase, got {edges}")
+        if lag_velocity and not edges:
+            raise ValueError("DynamicPillarFeatureNet: lag_velocity needs time_lag_bins")
         num_lag_bins = len(edges) + 1 if edges else 0
-        super().__init__(*args, pillar_point_features=3 * num_lag_bins, **kwargs)
+        super().__init__(*args, pillar_point_features=3 * num_lag_bins + 2 * bool(lag_velocity), **kwargs)
+        self.lag_velocity = bool(lag_velocity)
         if edges and not 0 <= time_lag_column < self.in_channels:
             raise ValueError(f"DynamicPillarFeatureNet: time_lag_column {time_lag_column} is not one of the "
                              f"{self.in_channels} point features")
@@ -175,9 +182,10 @@ class DynamicPillarFeatureNet(PillarFeatureNet):
         return self._sweep_stats(points, inverse, counts, centre), pillar_coords
 
     def _sweep_stats(self, points, inverse, counts, centre) -> torch.Tensor:
-        """(V, 3 * bins): per lag bin, the share of the pillar's points and their mean x/y offset to
-        the pillar centre over the pillar width, bin-major."""
-        lag_bin = torch.bucketize(points[:, self.time_lag_column].contiguous(), self.time_lag_bins)  # (P,)
+        """(V, 3 * bins [+ 2]): per lag bin, the share of the pillar's points and their mean x/y offset
+        to the pillar centre over the pillar width, bin-major; then the least-squares velocity."""
+        lag = points[:, self.time_lag_column].contiguous()
+        lag_bin = torch.bucketize(lag, self.time_lag_bins)  # (P,)
         cell = inverse * self.num_lag_bins + lag_bin
         offset = (points[:, :2] - centre[inverse]) / self.voxel_size
         sums = points.new_zeros(centre.shape[0] * self.num_lag_bins, 3).index_add_(
@@ -185,7 +193,17 @@ class DynamicPillarFeatureNet(PillarFeatureNet):
         in_bin = sums[:, :1]
         stats = torch.cat([in_bin / counts.repeat_interleave(self.num_lag_bins)[:, None],
                            sums[:, 1:] / in_bin.clamp(min=1)], dim=1)
-        return stats.view(centre.shape[0], 3 * self.num_lag_bins)
+        stats = stats.view(centre.shape[0], 3 * self.num_lag_bins)
+        if not self.lag_velocity:
+            return stats
+        # per pillar: sums of lag, lag^2, xy and lag * xy -> -cov(lag, xy) / var(lag)
+        metres = offset * self.voxel_size  # about the pillar centre: no cancellation at 50 m
+        moments = torch.cat([lag[:, None], lag[:, None] ** 2, metres, lag[:, None] * metres], dim=1)
+        sums = points.new_zeros(centre.shape[0], 6).index_add_(0, inverse, moments) / counts[:, None]
+        variance = sums[:, 1:2] - sums[:, 0:1] ** 2
+        covariance = sums[:, 4:6] - sums[:, 0:1] * sums[:, 2:4]
+        velocity = torch.where(variance > 1e-4, -covariance / variance.clamp(min=1e-4), 0.0)
+        return torch.cat([stats, velocity], dim=1)
 
     def _pool_affine(self, points, inverse, mean, centre, stats=None) -> torch.Tensor:
         """One layer with a fixed affine norm (eval or folded): the same values with no per-point decoration.
