@@ -12,13 +12,13 @@ depth loss), the ablation that only copies the teacher's decoder and heads into 
 TiG student (the BEVDepth-style student plus the TiG losses, teacher frozen), the SimDistill,
 LGKD (camera+LiDAR teacher, and the larger camera-only teacher, trained once first) and
 self-assessment (anchor and sequence-level) students, all with the same schedule, each evaluated
-through the devkit at the end of its training. A run
-whose final evaluation is in its ``log.jsonl`` is reused, and an interrupted one resumes from its
-``latest.pth``, unless it is stale: its saved
-``configs.yaml`` differs from what its config gives now (model or schedule), or, for a student, the
-teacher checkpoint it was distilled from (sha256 in its ``teacher.json``) is not the current one.
-A stale run is moved aside to ``<run>.stale-<time>`` and retrained (``--finished-only`` leaves it
-out of the table and says why). The table (mean and half-range over seeds) goes into ``benchmarks/RESULTS.md``
+through the devkit at the end of its training. A finished run (its final evaluation in its
+``log.jsonl``) is reused and an interrupted one resumes from its ``latest.pth``, unless it is
+stale: its saved ``configs.yaml`` differs from what its config gives now (model or schedule), or,
+for a student, the teacher checkpoint it was distilled from (sha256 in its ``teacher.json``) is not
+the current one. A stale run is moved aside to ``<run>.stale-<time>`` and trained again
+(``--finished-only`` leaves it out of the table and says why). The table (mean and half-range over
+seeds) goes into ``benchmarks/RESULTS.md``
 between markers, with the command; the step-cost ratios are measured in this process.
 """
 from __future__ import annotations
