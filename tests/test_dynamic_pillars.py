@@ -37,6 +37,16 @@ def _reference_pfn(net: DynamicPillarFeatureNet, points, coords, stats=None):
     return out
 
 
+def _randomise_batchnorm(net: DynamicPillarFeatureNet) -> None:
+    """Non-trivial BN statistics and affine weights of both signs, then eval mode."""
+    for norm in net.norms:
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.uniform_(-1.5, 1.5)
+        norm.bias.data.uniform_(-0.5, 0.5)
+    net.eval()
+
+
 @pytest.mark.parametrize("feat_channels,with_distance,fold", [([8, 16], False, False), ([16], False, False),
                                                               ([16], True, False), ([16], True, True)])
 def test_dynamic_pillar_net_equals_a_per_pillar_loop(feat_channels, with_distance, fold):
@@ -45,12 +55,7 @@ def test_dynamic_pillar_net_equals_a_per_pillar_loop(feat_channels, with_distanc
     torch.manual_seed(0)
     net = DynamicPillarFeatureNet(in_channels=5, feat_channels=feat_channels, point_cloud_range=[-4, -4, -5, 4, 4, 3],
                                   voxel_size=[1.0, 1.0, 8.0], with_distance=with_distance)
-    for norm in net.norms:  # non-trivial BN statistics and affine weights of both signs
-        norm.running_mean.uniform_(-0.5, 0.5)
-        norm.running_var.uniform_(0.5, 2.0)
-        norm.weight.data.uniform_(-1.5, 1.5)
-        norm.bias.data.uniform_(-0.5, 0.5)
-    net.eval()
+    _randomise_batchnorm(net)
     reference_net = copy.deepcopy(net)
     if fold:
         assert fold_batchnorm(net) == 1 and isinstance(net.norms[0], torch.nn.Identity)
@@ -161,12 +166,7 @@ def test_sweep_stats_decorate_every_point(feat_channels, fold):
     edges = [0.075, 0.225, 0.375]
     net = DynamicPillarFeatureNet(in_channels=5, feat_channels=feat_channels, point_cloud_range=[-4, -4, -5, 4, 4, 3],
                                   voxel_size=[1.0, 2.0, 8.0], time_lag_bins=edges)
-    for norm in net.norms:
-        norm.running_mean.uniform_(-0.5, 0.5)
-        norm.running_var.uniform_(0.5, 2.0)
-        norm.weight.data.uniform_(-1.5, 1.5)
-        norm.bias.data.uniform_(-0.5, 0.5)
-    net.eval()
+    _randomise_batchnorm(net)
     reference_net = copy.deepcopy(net)
     if fold:
         fold_batchnorm(net)
