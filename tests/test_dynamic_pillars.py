@@ -24,7 +24,7 @@ def _reference_pfn(net: DynamicPillarFeatureNet, points, coords, stats=None):
         rows = (coords[:, :3] == torch.tensor(key)).all(1)
         p = points[rows]
         centre = (torch.tensor(key[1:3], dtype=p.dtype) + 0.5) * net.voxel_size + net.grid_origin
-        x = torch.cat([p, p[:, :3] - p[:, :3].mean(0), p[:, :2] - centre], dim=1)
+        x = torch.cat([p * net.point_scale, p[:, :3] - p[:, :3].mean(0), p[:, :2] - centre], dim=1)
         if net.with_distance:
             x = torch.cat([x, p[:, :3].norm(dim=1, keepdim=True)], dim=1)
         if stats is not None:
@@ -47,14 +47,16 @@ def _randomise_batchnorm(net: DynamicPillarFeatureNet) -> None:
     net.eval()
 
 
-@pytest.mark.parametrize("feat_channels,with_distance,fold", [([8, 16], False, False), ([16], False, False),
-                                                              ([16], True, False), ([16], True, True)])
-def test_dynamic_pillar_net_equals_a_per_pillar_loop(feat_channels, with_distance, fold):
+@pytest.mark.parametrize("feat_channels,with_distance,fold,point_scale", [
+    ([8, 16], False, False, None), ([16], False, False, None), ([16], True, False, None), ([16], True, True, None),
+    ([16], False, False, [0.5, 0.25, 2.0, 1.0, 3.0]), ([8, 16], False, False, [0.5, 0.25, 2.0, 1.0, 3.0])])
+def test_dynamic_pillar_net_equals_a_per_pillar_loop(feat_channels, with_distance, fold, point_scale):
     """Two layers: the per-point path; one layer in eval: the affine shortcut (max before the ReLU),
-    with negative BN scales so that a max taken before the norm would show; folded BN alike."""
+    with negative BN scales so that a max taken before the norm would show; folded BN alike; with
+    and without a scale per raw point feature."""
     torch.manual_seed(0)
     net = DynamicPillarFeatureNet(in_channels=5, feat_channels=feat_channels, point_cloud_range=[-4, -4, -5, 4, 4, 3],
-                                  voxel_size=[1.0, 1.0, 8.0], with_distance=with_distance)
+                                  voxel_size=[1.0, 1.0, 8.0], with_distance=with_distance, point_scale=point_scale)
     _randomise_batchnorm(net)
     reference_net = copy.deepcopy(net)
     if fold:

@@ -45,6 +45,7 @@ class PillarFeatureNet(nn.Module):
         with_voxel_center: bool = True,
         with_distance: bool = False,
         pillar_point_features: int = 0,
+        point_scale: Sequence[float] | None = None,
     ):
         super().__init__()
         self.in_channels = in_channels
@@ -53,6 +54,12 @@ class PillarFeatureNet(nn.Module):
             with_cluster_center, with_voxel_center, with_distance)
         self.register_buffer("voxel_size", torch.tensor(voxel_size[:2], dtype=torch.float32), persistent=False)
         self.register_buffer("grid_origin", torch.tensor(point_cloud_range[:2], dtype=torch.float32), persistent=False)
+        # point_scale: a factor per raw point feature as the first layer reads it (e.g. x, y / 51.2 and
+        # the time lag x 2, so that metres of range do not outweigh fractions of a second)
+        scale = [1.0] * in_channels if point_scale is None else [float(v) for v in point_scale]
+        if len(scale) != in_channels:
+            raise ValueError(f"{type(self).__name__}: point_scale has {len(scale)} values for {in_channels} point features")
+        self.register_buffer("point_scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
         # pillar_point_features: per-pillar values a subclass appends to each point's decoration
         width = in_channels + 3 * with_cluster_center + 2 * with_voxel_center + with_distance + pillar_point_features
         self.linears, self.norms = nn.ModuleList(), nn.ModuleList()
@@ -68,7 +75,7 @@ class PillarFeatureNet(nn.Module):
         """(V, M, C_point) -> (V, M, C_point + extras), padded points zeroed."""
         num_max = voxels.shape[1]
         mask = torch.arange(num_max, device=voxels.device)[None, :] < num_points[:, None]  # (V, M)
-        features = [voxels]
+        features = [voxels * self.point_scale]
         if self.with_cluster_center:
             mean = (voxels[..., :3] * mask[..., None]).sum(1) / num_points.clamp(min=1)[:, None].to(voxels.dtype)
             features.append(voxels[..., :3] - mean[:, None, :])
@@ -160,7 +167,7 @@ class DynamicPillarFeatureNet(PillarFeatureNet):
         stats = self._sweep_stats(points, inverse, counts, centre) if self.num_lag_bins else None
         if len(self.linears) == 1 and not self.training:
             return self._pool_affine(points, inverse, mean, centre, stats), pillar_coords
-        features = [points]
+        features = [points * self.point_scale]
         if self.with_cluster_center:
             features.append(points[:, :3] - mean[inverse])
         if self.with_voxel_center:
@@ -219,7 +226,7 @@ class DynamicPillarFeatureNet(PillarFeatureNet):
             scale, shift = batchnorm_affine(norm)
             weight, bias = weight * scale[:, None], bias * scale + shift
         c = self.in_channels
-        point_weight = weight[:, :c].clone()  # (C, C_point): the weight every point feature gets
+        point_weight = weight[:, :c] * self.point_scale  # (C, C_point): the weight every point feature gets
         pillar_bias = bias.expand(centre.shape[0], -1)  # (V, C)
         col = c
         if self.with_cluster_center:
