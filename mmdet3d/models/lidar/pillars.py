@@ -184,7 +184,7 @@ class DynamicPillarFeatureNet(PillarFeatureNet):
         return x, pillar_coords
 
     def sweep_stats(self, points: torch.Tensor, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The per-sweep statistics alone: (V, 3 * bins) per pillar and the pillar coords (V, 4)."""
+        """The per-sweep statistics alone: (V, 3 * bins [+ 2]) per pillar and the pillar coords (V, 4)."""
         inverse, counts, pillar_coords, centre = self._pillars(coords, points.dtype)
         return self._sweep_stats(points, inverse, counts, centre), pillar_coords
 
