@@ -90,6 +90,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def record_teacher(run_dir: Path, teacher: Path, sha: str | None = None) -> None:
+    """``teacher.json``: which teacher checkpoint (path and sha256) the student in ``run_dir`` reads."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "teacher.json").write_text(json.dumps({"checkpoint": str(teacher), "sha256": sha or file_sha256(teacher)}) + "\n")
+
+
+def names_row(name: str, words: list[str] | None) -> bool:
+    """``--models``: the row ``name`` contains one of ``words`` (case-insensitive); no words: every row."""
+    return not words or any(w.lower() in name.lower() for w in words)
+
+
 def stale_reason(config: str, run_dir: Path, overrides: list[str], teacher: Path | None) -> str | None:
     """Why a finished run no longer stands for ``config`` (None when it does): the model or schedule
     in its ``configs.yaml`` differs from the config's now, or its teacher checkpoint changed. A run
@@ -114,7 +125,7 @@ def stale_reason(config: str, run_dir: Path, overrides: list[str], teacher: Path
         return None if trained_with == sha else f"distilled from another checkpoint than {teacher} (sha256 {sha[:12]})"
     if teacher.stat().st_mtime > (run_dir / "configs.yaml").stat().st_mtime:
         return f"{teacher} was written after this run started"
-    record.write_text(json.dumps({"checkpoint": str(teacher), "sha256": sha}) + "\n")
+    record_teacher(run_dir, teacher, sha)
     return None
 
 
@@ -143,8 +154,7 @@ def train(config: str, run_dir: Path, root: str, seed: int, teacher: Path | None
         run_dir.rename(aside)
     cmd = [sys.executable, str(ROOT / "tools/train.py"), config, "--run-dir", str(run_dir), *overrides]
     if teacher is not None:  # before training, so that an interrupted run knows its teacher too
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "teacher.json").write_text(json.dumps({"checkpoint": str(teacher), "sha256": file_sha256(teacher)}) + "\n")
+        record_teacher(run_dir, teacher)
     if (run_dir / "latest.pth").exists():
         cmd.append("--resume")
     print("$ " + " ".join(cmd[1:]), flush=True)
@@ -209,7 +219,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.models:
         names = list(MODELS) + list(OTHER_TEACHERS.values())
-        unmatched = [w for w in args.models if not any(w.lower() in n.lower() for n in names)]
+        unmatched = [w for w in args.models if not any(names_row(n, [w]) for n in names)]
         if unmatched:
             parser.error(f"--models {unmatched} match no row; the rows: {names}")
     start = time.time()
@@ -223,7 +233,7 @@ def main() -> int:
         only = args.finished_only
 
         def add(name: str, *run) -> None:
-            chosen = name.startswith("teacher (") or not args.models or any(w.lower() in name.lower() for w in args.models)
+            chosen = name.startswith("teacher (") or names_row(name, args.models)
             try:
                 results.setdefault(name, []).append(train(*run, finished_only=only or not chosen))
             except NotFinished:
