@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmdet3d.apis.benchmark import timed_call  # noqa: E402
+from mmdet3d.apis.benchmark import machine_description, timed_call  # noqa: E402
 from mmdet3d.apis.runner import build_dataset_from_config  # noqa: E402
 from mmdet3d.datasets.pipelines.formatting import collate  # noqa: E402
 from mmdet3d.models import build_model  # noqa: E402
@@ -129,7 +129,7 @@ def step_cost_lines(root: str, teacher_checkpoint, repeats: int = 9, timer=timed
     def ms(name: str) -> float:
         return statistics.median(times[name]) * 1e3
 
-    lines = ["| what | median ms | ratio |", "|---|---|---|",
+    lines = [f"Machine: {machine_description()}", "", "| what | median ms | ratio |", "|---|---|---|",
              f"| BEVDepth-style student step (fwd + bwd, batch {size}) | {ms('baseline'):.0f} | 1.00 |",
              f"| TiG distillation step (teacher fwd included) | {ms('tig'):.0f} | **{round_ratio(times, 'tig', 'baseline'):.2f}x** (target < 1.6x) |"]
     for lattice, target in ((8, "target < 10 %"), (24, "the paper's lattice, reported")):

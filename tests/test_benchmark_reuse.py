@@ -58,3 +58,18 @@ def test_a_legacy_run_older_than_its_teacher_is_stale(tmp_path):
     os.utime(run_dir / "configs.yaml", (0, 0))  # the run started before the teacher file was written
     assert "written after" in bench.stale_reason(TIG, run_dir, overrides, teacher)
     assert not (run_dir / "teacher.json").exists()
+
+
+def test_machine_description_names_the_cpu_threads_and_torch(tmp_path):
+    """Step-cost ratios and training times are machine figures: the benchmarks print what they ran on."""
+    import torch
+
+    from mmdet3d.apis.benchmark import cpu_model_name, machine_description
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14 96-Core\nflags\t: fpu\n")
+    assert cpu_model_name(str(cpuinfo)) == "AMD EPYC 9B14 96-Core"
+    assert cpu_model_name(str(tmp_path / "missing")) != ""
+    line = machine_description()
+    assert f"torch {torch.__version__}" in line and f"{torch.get_num_threads()} thread" in line
+    assert line.startswith(cpu_model_name())

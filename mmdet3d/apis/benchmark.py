@@ -8,6 +8,8 @@ then reports the median over repeats.
 """
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from typing import Any, Callable, Sequence
@@ -15,7 +17,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_STAGES", "StageTimer", "timed_call", "measure_latency", "format_latency_table", "find_stage_prefix"]
+__all__ = ["DEFAULT_STAGES", "StageTimer", "timed_call", "measure_latency", "format_latency_table", "find_stage_prefix",
+           "machine_description"]
 
 DEFAULT_STAGES: list[tuple[str, str]] = [
     ("camera backbone", "encoders.camera.backbone"),
@@ -38,6 +41,27 @@ def timed_call(fn: Callable[[], Any], sync: bool = False) -> float:
     if sync:
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def cpu_model_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, ``platform.processor()`` elsewhere)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_description() -> str:
+    """One line naming what a timing ran on (CPU, cores, torch threads, GPU): step-time ratios and
+    training times differ between machines by up to 2x (benchmarks/RESULTS.md)."""
+    line = f"{cpu_model_name()}, {os.cpu_count()} cores, torch {torch.__version__} on {torch.get_num_threads()} thread(s)"
+    if torch.cuda.is_available():
+        line += f", {torch.cuda.get_device_name()}"
+    return line
 
 
 def _get_submodule(model: nn.Module, dotted: str) -> nn.Module | None:
