@@ -4,7 +4,7 @@
 model); a container that is never called itself (``ModuleDict``, ``ModuleList``) is timed as the
 sum of its children. Each timed call is bracketed by ``torch.cuda.synchronize()`` on CUDA, so
 stage times are device times, not launch times. ``measure_latency`` runs warm-up passes and
-then reports the median over repeats.
+then reports the median over repeats. ``machine_description`` names the machine a timing ran on.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 __all__ = ["DEFAULT_STAGES", "StageTimer", "timed_call", "measure_latency", "format_latency_table", "find_stage_prefix",
-           "machine_description"]
+           "cpu_model_name", "machine_description"]
 
 DEFAULT_STAGES: list[tuple[str, str]] = [
     ("camera backbone", "encoders.camera.backbone"),
